@@ -1,0 +1,69 @@
+"""All configuration in one place.
+
+Values come, in increasing priority, from defaults, ``DEGSEARCH_*`` environment variables and
+CLI flags (the CLI passes flags as keyword overrides to :func:`get_settings`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """degsearch settings; every field can be set as ``DEGSEARCH_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DEGSEARCH_", extra="forbid")
+
+    # --- store -----------------------------------------------------------------------------
+    store_dir: Path = Field(Path("degsearch-data"), description="Directory holding the database and FAISS index.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file degsearch.db inside store_dir. PostgreSQL works too."
+    )
+    faiss_factory: str = Field(
+        "Flat",
+        description="FAISS index factory string (inner product on L2-normalised vectors): 'Flat' (exact), "
+        "'HNSW32', 'IVF1024,PQ16', ...",
+    )
+
+    # --- model and detection ---------------------------------------------------------------
+    model: str = Field("fast", description="'fast', 'accurate', or a path to a checkpoint file.")
+    threshold: float | None = Field(None, description="Detection threshold on 1 - cosine; default: the model's calibrated one.")
+    smooth_frames: int = Field(5, ge=1, description="Median filter length (frames) applied to detection scores.")
+    bridge_gap_s: float = Field(0.2, ge=0, description="Gaps between detected stretches shorter than this are bridged.")
+    min_segment_s: float = Field(0.3, ge=0, description="Detected segments shorter than this are dropped.")
+    label_threshold: float = Field(0.5, description="Cosine below which a segment's nearest prototype label is 'unknown'.")
+
+    # --- indexing --------------------------------------------------------------------------
+    workers: int = Field(1, ge=1, description="Parallel decode+inference worker processes.")
+    chunk_s: float = Field(60.0, gt=1, description="Long files are streamed in chunks of this many seconds.")
+    batch_frames: int = Field(3000, gt=0, description="Frames per model batch.")
+
+    # --- API -------------------------------------------------------------------------------
+    api_keys: list[str] = Field(default_factory=list, description="Accepted API keys (header X-API-Key). Empty: no auth.")
+    require_key_for_reads: bool = Field(False, description="Also require an API key for read endpoints.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted upload.")
+    max_upload_seconds: float = Field(120.0, gt=0, description="Longest accepted uploaded clip.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty: CORS off.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside ``store_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.store_dir / 'degsearch.db').resolve()}"
+
+    @property
+    def index_path(self) -> Path:
+        """Where the FAISS index file lives."""
+        return self.store_dir / "segments.faiss"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with non-None ``overrides`` (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
