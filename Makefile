@@ -2,10 +2,20 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Debian tools the demo archive, the training data and the codec tests use (TTS voices, ffmpeg, sox).
+SYSTEM_PACKAGES := espeak-ng ffmpeg sox flite
 
-.PHONY: setup demo test train-data train clean-demo
+.PHONY: setup system-deps demo test
 
-setup: $(VENV)/.installed
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 # distillmos is installed without dependencies: only its weight file is used (loaded into our own
 # module), and its torchaudio dependency has no build matching torch 2.13.
