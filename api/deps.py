@@ -132,15 +132,15 @@ class AppState:
                 return self._store
             if self._store_error and time.monotonic() - self._store_failed_at < STORE_RETRY_S:
                 return None
-            from retrieval.store import Store
-
             try:
+                from retrieval.store import Store
+
                 self._store = Store.open(self.settings, readonly=True)
                 self._store_error = None
                 self._last_refresh = time.monotonic()
                 log.info("store opened read-only at %s", self.settings.store_dir)
-            except DegsearchError as exc:
-                self._store_error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever breaks the store, the API stays up, degraded
+                self._store_error = str(exc) if isinstance(exc, DegsearchError) else f"{type(exc).__name__}: {exc}"
                 self._store_failed_at = time.monotonic()
                 log.warning("store not usable yet (API runs degraded): %s", exc)
             return self._store
