@@ -112,6 +112,7 @@ class SearchHitOut(BaseModel):
     mos: float | None = Field(None, description="Mean frame MOS of the segment (1..5).")
     label: str | None = None
     label_score: float | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict, description="The recording's manifest attributes.")
     audio_url: str = Field(description="Where to fetch the segment's audio as WAV.")
 
     @classmethod
@@ -128,6 +129,7 @@ class SearchHitOut(BaseModel):
             mos=_finite_or_none(hit.mos),
             label=hit.label,
             label_score=_finite_or_none(hit.label_score),
+            attributes=dict(getattr(hit, "attributes", None) or {}),
             audio_url=f"/v1/segments/{int(hit.segment_id)}/audio",
         )
 

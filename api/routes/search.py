@@ -34,7 +34,9 @@ def search_json(body: SearchRequest, state: StateDep) -> SearchResponse:
     store = state.store()
     kind = "segment" if body.segment_id is not None else "prototype" if body.prototype is not None else "vector"
     state.metrics.queries.labels(kind).inc()
-    query = resolve_query(store, state.model(), segment_id=body.segment_id, prototype=body.prototype, vector=body.vector)
+    # Only prototype lookups use the model (to prefer its own prototypes); ids and vectors do not load it.
+    model = state.model() if kind == "prototype" else None
+    query = resolve_query(store, model, segment_id=body.segment_id, prototype=body.prototype, vector=body.vector)
     filters = body.filters.to_library() if body.filters else None
     hits = search(store, query, body.k, filters, exact=body.exact)
     return SearchResponse(hits=[SearchHitOut.from_hit(h) for h in hits], k=body.k, took_ms=(time.perf_counter() - start) * 1e3)
