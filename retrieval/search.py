@@ -15,6 +15,7 @@ unless ``exact=True``.
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -42,7 +43,7 @@ class SearchFilters:
 
     ``path_glob`` is a shell glob matched against the whole stored recording path with
     :func:`fnmatch.fnmatchcase` (``*`` also matches ``/``). ``attributes`` must all equal the
-    recording's manifest attributes (compared as JSON values; ``'3'`` does not equal ``3``).
+    recording's manifest attributes (JSON values; a string matches a number or bool by its text).
     ``start_*`` bound the segment's start time within its recording; ``duration_*`` its length;
     ``indexed_after`` is inclusive, ``indexed_before`` exclusive (naive datetimes are UTC).
     """
@@ -227,14 +228,22 @@ def _like_prefix(glob: str) -> str | None:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _canonical(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _attributes_match(attrs: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Every wanted attribute present and equal: as JSON values (``1 == 1.0``, ``true`` is not ``1``),
+    or by text when one side is a string, so a CLI ``--attr agent=12`` matches a stored ``12``."""
     attrs = attrs or {}
     for key, value in wanted.items():
         if key not in attrs:
             return False
         have = attrs[key]
-        # JSON semantics: bool is not a number, 1 == 1.0, strings compare exactly.
-        if isinstance(have, bool) != isinstance(value, bool) or have != value:
+        if isinstance(have, str) or isinstance(value, str):
+            if _canonical(have) != _canonical(value):
+                return False
+        elif isinstance(have, bool) != isinstance(value, bool) or have != value:
             return False
     return True
 
