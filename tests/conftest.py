@@ -129,3 +129,130 @@ def api_clip(tmp_path) -> _ApiPath:
     """A 2 s mono 8 kHz clipped speech-like clip to upload as a query."""
     return write_speechlike_wav(tmp_path / "query.wav", seconds=2.0, channels=1, seed=99, clip_level=0.3)
 # ==== END api fixtures ====
+
+
+# ==== BEGIN retrieval fixtures (issue 5, retrieval engineer: tests/test_search.py, test_prototypes.py, test_stats.py) ====
+# Stores populated through Store.write_recording with synthetic RecordingResults whose segment
+# vectors are noisy copies of planted cluster centres; the ground truth travels with the store.
+import dataclasses as _ret_dc
+from datetime import datetime as _ret_datetime, timedelta as _ret_timedelta, timezone as _ret_timezone
+from pathlib import Path as _RetPath
+
+import numpy as _ret_np
+import pytest as _ret_pytest
+
+RET_DIM = 64
+RET_MODEL_ID = "test-model-retrieval"
+RET_SITES = ("paris", "lyon", "nice")
+RET_BASE_TIME = _ret_datetime(2024, 5, 1, 8, 0, tzinfo=_ret_timezone.utc)
+
+
+@_ret_dc.dataclass
+class PlantedStore:
+    """A store of planted clusters and the truth about every segment written to it."""
+
+    settings: object  # indexer.settings.Settings
+    centres: _ret_np.ndarray  # (n_clusters, dim), L2-normalised
+    recordings: list[dict]  # id, path, attributes, channels, duration_s, analysed_s, degraded_s, indexed_at
+    segments: list[dict]  # id, recording_id, channel, start_s, end_s, mos, label, cluster, vector
+
+    def store(self, readonly: bool = False):
+        from retrieval.store import Store
+
+        return Store.open(self.settings, readonly=readonly)
+
+
+def _ret_unit(x: _ret_np.ndarray) -> _ret_np.ndarray:
+    return (x / _ret_np.linalg.norm(x, axis=-1, keepdims=True)).astype(_ret_np.float32)
+
+
+def build_planted_store(store_dir: _RetPath, *, n_recordings: int = 30, n_clusters: int = 4, noise: float = 0.35,
+                        seed: int = 0, wav_dir: _RetPath | None = None, factory: str = "Flat",
+                        model_id: str = RET_MODEL_ID) -> PlantedStore:
+    """Write ``n_recordings`` synthetic recordings (2 channels, 0-8 segments each, one of which
+    may have none) whose segment vectors sit around ``n_clusters`` random centres.
+
+    Segment labels are ``deg<cluster>``; recordings get agent/site/date attributes and distinct
+    ``indexed_at`` times (one hour apart). With ``wav_dir``, a real 8 kHz stereo WAV is written
+    for each recording (4 s long) so segments can be cut from it.
+    """
+    from sqlalchemy import update
+
+    from indexer.records import DetectedSegment, RecordingResult
+    from indexer.settings import get_settings
+    from retrieval.models import Recording, Segment
+    from retrieval.store import Store
+
+    rng = _ret_np.random.default_rng(seed)
+    centres = _ret_unit(rng.standard_normal((n_clusters, RET_DIM)))
+    settings = get_settings(store_dir=store_dir, faiss_factory=factory)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    if wav_dir is not None:
+        wav_dir.mkdir(parents=True, exist_ok=True)
+    recordings, segments = [], []
+    store = Store.open(settings)
+    try:
+        store.ensure_model(model_id, "planted", 50.0, RET_DIM, 0.3, {})
+        run_id = store.start_run(model_id, {"test": "retrieval"})
+        for r in range(n_recordings):
+            duration = 4.0 if wav_dir is not None else float(rng.uniform(20, 60))
+            if wav_dir is not None:
+                path = str(write_speechlike_wav(wav_dir / f"call_{r:03d}.wav", seconds=duration, seed=seed + r))
+            else:
+                path = f"/archive/{RET_SITES[r % 3]}/2024-05-{1 + r % 5:02d}/call_{r:03d}.wav"
+            n_seg = 0 if r == 1 else int(rng.integers(1, 9))
+            detected, truth = [], []
+            for _ in range(n_seg):
+                cluster = int(rng.integers(n_clusters))
+                channel = int(rng.integers(2))
+                seg_len = float(rng.uniform(0.3, min(3.0, duration / 3)))
+                start = round(float(rng.uniform(0, duration - seg_len)), 3)
+                end = round(start + seg_len, 3)
+                vector = _ret_unit(centres[cluster] + noise * rng.standard_normal(RET_DIM) / _ret_np.sqrt(RET_DIM))
+                mos = float(rng.uniform(1.2, 4.0))
+                detected.append(DetectedSegment(channel=channel, start_s=start, end_s=end, n_frames=int(seg_len * 50),
+                                                embedding=vector, mos=mos, score=0.5, label=f"deg{cluster}"))
+                truth.append({"recording_index": r, "channel": channel, "start_s": start, "end_s": end, "mos": mos,
+                              "label": f"deg{cluster}", "cluster": cluster, "vector": vector})
+            attributes = {"agent": f"A{r % 4}", "site": RET_SITES[r % 3], "date": f"2024-05-{1 + r % 5:02d}", "queue": r % 2}
+            degraded = sum(s.duration_s for s in detected)
+            result = RecordingResult(path=path, content_hash=f"planted-{seed}-{r}", duration_s=duration, sample_rate=8000,
+                                     channels=2, model_id=model_id, segments=detected, analysed_s=2 * duration,
+                                     degraded_s=degraded, mean_mos=3.0, attributes=attributes)
+            rec_id = store.write_recording(result, run_id)
+            indexed_at = RET_BASE_TIME + _ret_timedelta(hours=r)
+            with store.engine.begin() as conn:  # spread indexing times so date filters have something to cut
+                conn.execute(update(Recording).where(Recording.id == rec_id).values(indexed_at=indexed_at))
+            with store.session() as session:
+                rows = session.query(Segment).filter(Segment.recording_id == rec_id).all()
+                by_key = {(row.channel, round(row.start_s, 3), round(row.end_s, 3)): row.id for row in rows}
+            for t in truth:
+                t["id"] = by_key[(t["channel"], t["start_s"], t["end_s"])]
+                t["recording_id"] = rec_id
+                t["path"] = path
+                segments.append(t)
+            recordings.append({"id": rec_id, "path": path, "attributes": attributes, "channels": 2, "duration_s": duration,
+                               "analysed_s": 2 * duration, "degraded_s": degraded, "indexed_at": indexed_at})
+        store.finish_run(run_id, status="done", files_indexed=n_recordings, files_skipped=0, files_failed=0,
+                         audio_seconds=sum(r["duration_s"] for r in recordings), wall_seconds=0.1)
+        store.flush_index()
+    finally:
+        store.close()
+    return PlantedStore(settings, centres, recordings, segments)
+
+
+@_ret_pytest.fixture
+def planted_store(tmp_path) -> PlantedStore:
+    """30 recordings, 4 planted clusters (~130 segments), no audio files."""
+    return build_planted_store(tmp_path / "store")
+
+
+@_ret_pytest.fixture(scope="session")
+def retrieval_checkpoint(tmp_path_factory) -> _RetPath:
+    """An untrained (randomly initialised, deterministic) checkpoint for the clip-query tests."""
+    from indexer.model.checkpoint import build_untrained_checkpoint
+
+    path = tmp_path_factory.mktemp("retrieval-model") / "untrained.pt"
+    build_untrained_checkpoint(path)
+    return path
+# ==== END retrieval fixtures ====
