@@ -350,6 +350,7 @@ def load_audio(path: str | Path, *, target_sr: int = TARGET_SR, offset: float = 
         raise AudioDecodeError(stream.path, what, "re-export or re-copy the recording" if offset == 0 else "use a smaller offset")
     duration_s = samples.shape[1] / target_sr
     if offset == 0 and duration is None and duration_s < MIN_DURATION_S:
-        raise AudioDecodeError(stream.path, f"too short ({duration_s * 1000:.0f} ms; at least {MIN_DURATION_S * 1000:.0f} ms is needed)")
+        raise AudioDecodeError(stream.path, f"too short ({duration_s * 1000:.0f} ms; at least {MIN_DURATION_S * 1000:.0f} ms is needed)",
+                               "the frame model cannot analyse clips this short; drop or merge them")
     return AudioData(samples=np.ascontiguousarray(samples, dtype=np.float32), sr=target_sr, orig_sr=stream.orig_sr,
                      channels=stream.channels, duration_s=duration_s, path=str(stream.path))

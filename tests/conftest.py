@@ -256,3 +256,134 @@ def retrieval_checkpoint(tmp_path_factory) -> _RetPath:
     build_untrained_checkpoint(path)
     return path
 # ==== END retrieval fixtures ====
+
+
+# ==== BEGIN audio fixtures (issue 4, indexer engineer: tests/test_audio.py, test_detect.py, test_pipeline.py, test_bad_files.py, test_resume.py, test_ray_engine.py) ====
+# Real audio files written with numpy + soundfile (PyAV for compressed codecs), an untrained
+# checkpoint as the frame model, and a corpus with one file of each bad kind the indexer must survive.
+import os as _ix_os
+import struct as _ix_struct
+from pathlib import Path as _IxPath
+
+import numpy as _ix_np
+import pytest as _ix_pytest
+
+
+def ix_speech(seconds: float, sr: int = 8000, seed: int = 0) -> _ix_np.ndarray:
+    """Mono speech-like signal: gliding harmonic voice, syllable envelope, pauses, faint noise."""
+    rng = _ix_np.random.default_rng(seed)
+    t = _ix_np.arange(int(round(seconds * sr))) / sr
+    f0 = 100 + 30 * rng.random() + 20 * _ix_np.sin(2 * _ix_np.pi * (0.5 + rng.random()) * t)
+    phase = 2 * _ix_np.pi * _ix_np.cumsum(f0) / sr
+    voice = sum(_ix_np.sin(k * phase + rng.random()) / k for k in range(1, 15) if k * f0.max() < sr / 2)
+    envelope = _ix_np.clip(_ix_np.sin(2 * _ix_np.pi * (3 + rng.random()) * t), 0, None) ** 2
+    envelope *= (_ix_np.sin(2 * _ix_np.pi * 0.3 * t + rng.random() * 6) > -0.6)  # pauses between phrases
+    return (0.2 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(_ix_np.float32)
+
+
+def ix_write(path: _IxPath, data: _ix_np.ndarray, sr: int, subtype: str | None = "PCM_16") -> _IxPath:
+    """Write (n,) or (C, n) samples; subtype None lets soundfile pick (FLAC/OGG)."""
+    import soundfile as sf
+
+    data = _ix_np.asarray(data)
+    sf.write(str(path), data.T if data.ndim == 2 else data, sr, subtype=subtype)
+    return _IxPath(path)
+
+
+def ix_call(seconds: float = 4.0, sr: int = 8000, seed: int = 0, noise_span: tuple[float, float] | None = None,
+            noise_channel: int = 1) -> _ix_np.ndarray:
+    """(2, n) call: agent and customer speech; ``noise_span`` adds loud white noise on one channel."""
+    x = _ix_np.stack([ix_speech(seconds, sr, seed), ix_speech(seconds, sr, seed + 1000)])
+    if noise_span is not None:
+        a, b = (int(v * sr) for v in noise_span)
+        x[noise_channel, a:b] += 0.3 * _ix_np.random.default_rng(seed).standard_normal(b - a).astype(_ix_np.float32)
+    return _ix_np.clip(x, -1, 1)
+
+
+def ix_wav_with_format_tag(path: _IxPath, tag: int = 0x3039, sr: int = 8000, seconds: float = 1.0) -> _IxPath:
+    """A RIFF/WAVE file whose fmt chunk names a codec no decoder knows."""
+    data = (ix_speech(seconds, sr) * 32767).astype("<i2").tobytes()
+    fmt = _ix_struct.pack("<HHIIHH", tag, 1, sr, sr * 2, 2, 16)
+    body = b"WAVE" + b"fmt " + _ix_struct.pack("<I", len(fmt)) + fmt + b"data" + _ix_struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + _ix_struct.pack("<I", len(body)) + body)
+    return path
+
+
+def ix_bad_corpus(root: _IxPath, long_s: float = 150.0) -> dict[str, tuple[_IxPath, bool]]:
+    """One file per bad-file kind (and the edge cases that must index): name -> (path, should_index)."""
+    from indexer.demo import write_encoded
+
+    root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, tuple[_IxPath, bool]] = {}
+    call = ix_call(3.0, seed=7, noise_span=(1.0, 2.0))
+    files["good_8k_stereo"] = (ix_write(root / "good_8k_stereo.wav", call, 8000), True)
+    (root / "corrupt.wav").write_bytes(_ix_np.random.default_rng(1).bytes(4000))
+    files["corrupt"] = (root / "corrupt.wav", False)
+    trunc = root / "truncated.flac"
+    ix_write(trunc, call, 8000, None)
+    raw = trunc.read_bytes()
+    trunc.write_bytes(raw[:200] + _ix_np.random.default_rng(2).bytes(len(raw) - 200))  # garbage after the header
+    files["corrupt_stream"] = (trunc, False)
+    (root / "empty.wav").write_bytes(b"")
+    files["empty"] = (root / "empty.wav", False)
+    files["zero_length"] = (ix_write(root / "zero_length.wav", _ix_np.zeros((2, 0), _ix_np.float32), 8000), False)
+    nan = call.copy()
+    nan[0, 5000] = _ix_np.nan
+    files["nan_samples"] = (ix_write(root / "nan_samples.wav", nan, 8000, "FLOAT"), False)
+    inf = call.copy()
+    inf[1, 100] = _ix_np.inf
+    files["inf_samples"] = (ix_write(root / "inf_samples.wav", inf, 8000, "FLOAT"), False)
+    files["wrong_extension"] = (ix_write(root / "flac_named_as.mp3", call, 8000, None), True)
+    (root / "text_named_as.wav").write_text("this is not audio\n" * 50)
+    files["not_audio"] = (root / "text_named_as.wav", False)
+    files["unsupported_codec"] = (ix_wav_with_format_tag(root / "unsupported_codec.wav"), False)
+    files["too_short"] = (ix_write(root / "too_short.wav", ix_speech(0.05, 8000), 8000), False)
+    files["bit8"] = (ix_write(root / "bit8.wav", call, 8000, "PCM_U8"), True)
+    files["wb_96k"] = (ix_write(root / "wb_96k.flac", ix_speech(2.0, 96000, seed=3), 96000, "PCM_24"), True)
+    eight = _ix_np.stack([ix_speech(1.5, 8000, seed=10 + c) for c in range(8)])
+    files["channels_8"] = (ix_write(root / "channels_8.wav", eight, 8000), True)
+    twelve = _ix_np.stack([ix_speech(1.0, 8000, seed=20 + c) for c in range(12)])
+    files["channels_12"] = (ix_write(root / "channels_12.wav", twelve, 8000), False)
+    files["amr"] = (write_encoded(root / "codec.amr", call[0], 8000, "amr122"), True)
+    files["mp3"] = (write_encoded(root / "codec.mp3", call, 8000, "mp3"), True)
+    # "Long": several streaming chunks of tone + silence, cheap to write (the 10 h one is in bench/).
+    t = _ix_np.arange(int(long_s * 8000)) / 8000
+    tone = (0.1 * _ix_np.sin(2 * _ix_np.pi * 300 * t) * (_ix_np.floor(t) % 2 == 0)).astype(_ix_np.float32)
+    files["long"] = (ix_write(root / "long.wav", tone, 8000), True)
+    locked = ix_write(root / "unreadable.wav", call, 8000)
+    locked.chmod(0)
+    if not _ix_os.access(locked, _ix_os.R_OK):  # root ignores permissions: then this kind cannot be tested
+        files["unreadable"] = (locked, False)
+    else:
+        locked.chmod(0o644)
+        locked.unlink()
+    return files
+
+
+@_ix_pytest.fixture(scope="session")
+def ix_checkpoint(tmp_path_factory) -> _IxPath:
+    """An untrained, deterministic checkpoint (tests never depend on shipped weights)."""
+    from indexer.model.checkpoint import build_untrained_checkpoint
+
+    path = tmp_path_factory.mktemp("ix-model") / "untrained.pt"
+    build_untrained_checkpoint(path)
+    return path
+
+
+@_ix_pytest.fixture(scope="session")
+def ix_model(ix_checkpoint):
+    import torch
+
+    torch.set_num_threads(1)
+    from indexer.model import load_model
+
+    return load_model(str(ix_checkpoint))
+
+
+@_ix_pytest.fixture
+def ix_settings(tmp_path, ix_checkpoint):
+    """Settings for a fresh store under tmp_path using the untrained checkpoint."""
+    from indexer.settings import get_settings
+
+    return get_settings(store_dir=tmp_path / "store", model=str(ix_checkpoint), chunk_s=20.0)
+# ==== END audio fixtures ====
