@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,18 +270,33 @@ class AudioStream:
         except av.error.FFmpegError as exc:
             raise AudioDecodeError(self.path, f"decode failed: {exc}", "the file is corrupt or truncated; re-export it") from exc
 
-    def chunks(self, chunk_s: float, target_sr: int = TARGET_SR) -> Iterator[tuple[float, np.ndarray]]:
+    def chunks(self, chunk_s: float, target_sr: int = TARGET_SR, *,
+               timings: dict[str, float] | None = None) -> Iterator[tuple[float, np.ndarray]]:
         """Yield ``(offset_s, samples (C, n))`` at ``target_sr``; every chunk but the last has exactly
-        ``round(chunk_s * target_sr)`` samples, so chunk offsets are exact multiples of ``chunk_s``."""
+        ``round(chunk_s * target_sr)`` samples, so chunk offsets are exact multiples of ``chunk_s``.
+
+        ``timings``, if given, accumulates seconds spent in ``'decode'`` and ``'resample'``.
+        """
         chunk_n = int(round(chunk_s * target_sr))
         if chunk_n <= 0:
             raise ValueError(f"chunk_s must be positive (got {chunk_s})")
         resample = _Resampler(self.orig_sr, target_sr, self.channels)
+        times = timings if timings is not None else {}
+        times.setdefault("decode", 0.0)
+        times.setdefault("resample", 0.0)
         buf: list[np.ndarray] = []
         buf_n = 0
         emitted = 0
-        for block in self.blocks():
+        source = self.blocks()
+        while True:
+            t0 = time.perf_counter()
+            block = next(source, None)
+            t1 = time.perf_counter()
+            times["decode"] += t1 - t0
+            if block is None:
+                break
             out = resample(block)
+            times["resample"] += time.perf_counter() - t1
             if out.shape[1]:
                 buf.append(out)
                 buf_n += out.shape[1]
@@ -290,7 +306,9 @@ class AudioStream:
                 emitted += chunk_n
                 rest = joined[:, chunk_n:]
                 buf, buf_n = ([rest], rest.shape[1]) if rest.shape[1] else ([], 0)
+        t1 = time.perf_counter()
         tail = resample(np.zeros((self.channels, 0), np.float32), last=True)
+        times["resample"] += time.perf_counter() - t1
         if tail.shape[1]:
             buf.append(tail)
             buf_n += tail.shape[1]

@@ -87,3 +87,175 @@ def _delay(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
     ref = x[:n]
     scores = [float(np.dot(ref, y[lag:lag + n])) for lag in range(max_lag)]
     return int(np.argmax(scores))
+
+
+# --- the demo archive --------------------------------------------------------------------------
+
+DEMO_SR = 8000
+DEMO_CALL_S = 24.0
+DEMO_VERSION = 1
+AGENTS = {"alice": "en-us+f3", "bob": "en-gb+m3", "carol": "en-us+f2"}
+CUSTOMER_VOICES = ["en-us+m1", "en-gb+f2", "en-us+m4", "en-gb-x-rp+m2", "en-us+f4", "en+m2"]
+AGENT_LINES = [
+    "Thank you for calling, my name is {agent}, how can I help you today?",
+    "I am sorry to hear that. Let me check your account for you.",
+    "Could you please confirm your postcode and the first line of your address?",
+    "I can see the problem now. There was a fault on the line last night.",
+    "I will send a new router today, it should arrive within two working days.",
+    "Is there anything else I can help you with?",
+    "Thank you for your patience, I have updated the order.",
+    "I understand. I will ask an engineer to call you tomorrow morning.",
+]
+CUSTOMER_LINES = [
+    "Hello, my internet has been dropping out all week and nobody has fixed it.",
+    "Yes, it is twelve Station Road, and the postcode is one two three four.",
+    "I have already restarted the router three times this morning.",
+    "That is fine, but I work from home so I really need it to be reliable.",
+    "Can you tell me when the engineer will arrive?",
+    "No, that is everything, thank you very much for your help.",
+    "The last time I called I waited forty minutes on hold.",
+    "Could you also check why my bill went up this month?",
+]
+# (call index, channel, start_s, end_s, kind): two of each degradation, two clean calls.
+PLANTED = [
+    (1, 1, 6.0, 11.0, "noise"),
+    (2, 0, 3.0, 9.0, "clipping"),
+    (3, 1, 10.0, 16.0, "dropouts"),
+    (4, 1, 4.0, 12.0, "codec"),
+    (5, 0, 12.0, 18.0, "echo"),
+    (7, 0, 2.0, 7.0, "noise"),
+    (7, 1, 14.0, 19.0, "clipping"),
+    (8, 0, 5.0, 10.0, "dropouts"),
+    (8, 1, 15.0, 20.0, "echo"),
+    (9, 0, 8.0, 15.0, "codec"),
+]
+N_CALLS = 10
+DEGRADATIONS = ("noise", "clipping", "dropouts", "codec", "echo")
+
+
+def _espeak(text: str, voice: str, speed: int = 165) -> np.ndarray:
+    """Speech for ``text`` from espeak-ng, as mono float32 at :data:`DEMO_SR`."""
+    import shutil
+    import subprocess
+
+    import soundfile as sf
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise ConfigError("the demo archive needs the espeak-ng speech synthesiser, which is not installed",
+                          "sudo apt-get install espeak-ng (or run `make setup`)")
+    proc = subprocess.run([exe, "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=False)
+    if proc.returncode != 0 or not proc.stdout:
+        raise ConfigError(f"espeak-ng failed for voice {voice}: {proc.stderr.decode(errors='replace').strip()}",
+                          "check `espeak-ng --voices=en` lists English voices (apt-get install espeak-ng-data)")
+    data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+    import soxr
+
+    return soxr.resample(data, sr, DEMO_SR).astype(np.float32)
+
+
+def _telephone_band(x: np.ndarray) -> np.ndarray:
+    from scipy.signal import butter, sosfiltfilt
+
+    sos = butter(4, [300, 3400], btype="band", fs=DEMO_SR, output="sos")
+    return sosfiltfilt(sos, x).astype(np.float32)
+
+
+def _conversation(call: int, agent: str, rng: np.random.Generator) -> np.ndarray:
+    """(2, n) call: agent on channel 0, customer on channel 1, alternating turns with pauses."""
+    n = int(DEMO_CALL_S * DEMO_SR)
+    out = np.zeros((2, n), np.float32)
+    voices = [AGENTS[agent], CUSTOMER_VOICES[call % len(CUSTOMER_VOICES)]]
+    lines = [list(AGENT_LINES), list(CUSTOMER_LINES)]
+    order = [list(rng.permutation(len(lines[0]))), list(rng.permutation(len(lines[1])))]
+    order[0].remove(0)
+    order[0].insert(0, 0)  # the agent always opens with the greeting
+    t = int(rng.uniform(0.2, 0.6) * DEMO_SR)
+    speaker = 0
+    while t < n - DEMO_SR:
+        text = lines[speaker][order[speaker].pop(0) if order[speaker] else int(rng.integers(len(lines[speaker])))]
+        speech = _espeak(text.format(agent=agent.capitalize()), voices[speaker], speed=int(rng.integers(150, 180)))
+        speech = speech[: n - t]
+        out[speaker, t:t + len(speech)] += 0.5 * speech / max(float(np.abs(speech).max()), 1e-6)
+        t += len(speech) + int(rng.uniform(0.25, 0.8) * DEMO_SR)
+        speaker = 1 - speaker
+    for ch in range(2):
+        out[ch] = _telephone_band(out[ch]) + 0.0015 * rng.standard_normal(n).astype(np.float32)  # line noise floor
+    return out
+
+
+def degrade(x: np.ndarray, kind: str, start_s: float, end_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Apply one planted degradation to mono ``x`` (8 kHz) between ``start_s`` and ``end_s``."""
+    a, b = int(start_s * DEMO_SR), int(end_s * DEMO_SR)
+    y = x.copy()
+    seg = x[a:b]
+    if kind == "noise":  # loud broadband noise (street / fan)
+        noise = rng.standard_normal(b - a).astype(np.float32)
+        y[a:b] = seg + 0.08 * _telephone_band(noise) / 0.5
+    elif kind == "clipping":  # overdriven input, hard-clipped
+        y[a:b] = np.clip(seg * 6.0, -0.25, 0.25)
+    elif kind == "dropouts":  # packet loss: 20 ms packets lost in bursts
+        packets = (b - a) // 160
+        lost = rng.random(packets) < 0.35
+        lost |= np.roll(lost, 1) & (rng.random(packets) < 0.5)
+        for i in np.flatnonzero(lost):
+            y[a + i * 160:a + (i + 1) * 160] = 0.0
+    elif kind == "codec":  # AMR-NB at 4.75 kbit/s, the lowest mobile mode
+        pad = DEMO_SR // 2
+        lo, hi = max(a - pad, 0), min(b + pad, len(x))
+        coded = codec_roundtrip(x[lo:hi], DEMO_SR, "amr")
+        y[a:b] = coded[a - lo:b - lo]
+    elif kind == "echo":  # line echo: delayed, decaying copies
+        out = seg.copy()
+        for delay_s, gain in ((0.18, 0.6), (0.36, 0.35), (0.54, 0.2)):
+            d = int(delay_s * DEMO_SR)
+            src = x[max(a - d, 0):b - d]
+            out[len(out) - len(src):] += gain * src
+        y[a:b] = out
+    else:
+        raise ConfigError(f"unknown degradation {kind!r}", f"use one of {', '.join(DEGRADATIONS)}")
+    return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+
+def generate_demo_archive(out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write the demo archive into ``out_dir/archive``: ten 24 s stereo 8 kHz calls (agent on
+    channel 0, customer on channel 1; two clean, the rest with planted noise, clipping, packet
+    loss, AMR codec and echo stretches), ``manifest.csv`` (path, call_id, agent, date) and
+    ``planted.json`` (the degraded stretches). Offline and deterministic; returns the manifest path.
+    An archive of the same version already there is reused unless ``force``.
+    """
+    import csv
+    import json
+
+    import soundfile as sf
+
+    archive = Path(out_dir) / "archive"
+    manifest = archive / "manifest.csv"
+    planted_path = archive / "planted.json"
+    if not force and manifest.exists() and planted_path.exists():
+        try:
+            if json.loads(planted_path.read_text()).get("version") == DEMO_VERSION:
+                return manifest
+        except (OSError, json.JSONDecodeError):
+            pass
+    archive.mkdir(parents=True, exist_ok=True)
+    agents = list(AGENTS)
+    rows, events = [], []
+    for call in range(N_CALLS):
+        rng = np.random.default_rng(1000 + call)
+        agent = agents[call % len(agents)]
+        audio = _conversation(call, agent, rng)
+        for c, ch, start, end, kind in PLANTED:
+            if c == call:
+                audio[ch] = degrade(audio[ch], kind, start, end, rng)
+        name = f"call_{call:02d}." + ("flac" if call % 4 == 3 else "wav")
+        sf.write(str(archive / name), audio.T, DEMO_SR, subtype="PCM_16")
+        rows.append({"path": name, "call_id": f"C{1000 + call}", "agent": agent, "date": f"2026-11-{1 + call:02d}"})
+        events += [{"path": name, "channel": ch, "start_s": s, "end_s": e, "kind": k} for c, ch, s, e, k in PLANTED if c == call]
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "call_id", "agent", "date"])
+        writer.writeheader()
+        writer.writerows(rows)
+    planted_path.write_text(json.dumps({"version": DEMO_VERSION, "sample_rate": DEMO_SR, "call_s": DEMO_CALL_S,
+                                        "events": events}, indent=2))
+    return manifest

@@ -1,0 +1,120 @@
+"""`degsearch index` (index an archive) and `degsearch enroll-clean` (set the store's clean enrollment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from indexer.pipeline import IndexSummary
+
+# Failed files listed in full at the end of a run; the rest are counted.
+MAX_FAILURES_SHOWN = 50
+
+
+def print_summary(console: Console, summary: IndexSummary) -> None:
+    """The end-of-run report: counts, audio hours, real-time factor, stage split, failed files."""
+    from rich.table import Table
+
+    table = Table(title=f"index run {summary.run_id} ({summary.engine}, {summary.workers} worker(s)): {summary.status}",
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("files", str(summary.files_total))
+    table.add_row("indexed", str(summary.indexed))
+    table.add_row("skipped (unchanged)", str(summary.skipped - len(summary.previously_failed)))
+    if summary.previously_failed:
+        table.add_row("skipped (failed before)", f"{len(summary.previously_failed)}  (--retry-failed retries them)")
+    table.add_row("failed", f"[red]{summary.failed}[/]" if summary.failed else "0")
+    table.add_row("segments", str(summary.segments))
+    table.add_row("audio indexed", f"{summary.audio_hours:.3f} h")
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    table.add_row("real-time factor", f"{summary.realtime_factor:.0f}x" if summary.audio_s else "-")
+    busy = {k: v for k, v in summary.stage_s.items() if v > 0}
+    if busy:
+        total = sum(busy.values())
+        table.add_row("time per stage", ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in busy.items()))
+    console.print(table)
+    if summary.failures:
+        failed = Table(title="failed files", title_justify="left")
+        failed.add_column("file", overflow="fold")
+        failed.add_column("stage")
+        failed.add_column("error", overflow="fold")
+        for f in summary.failures[:MAX_FAILURES_SHOWN]:
+            failed.add_row(f.path, f.stage, f.error)
+        console.print(failed)
+        if len(summary.failures) > MAX_FAILURES_SHOWN:
+            console.print(f"... and {len(summary.failures) - MAX_FAILURES_SHOWN} more (see `degsearch db check`)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``index`` and ``enroll-clean`` to the CLI."""
+
+    @app.command()
+    def index(
+        inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), files, glob patterns or CSV/JSONL manifests (column 'path').")],
+        store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
+        database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="fast, accurate or a checkpoint path.")] = None,
+        workers: Annotated[Optional[int], typer.Option(min=1, help="Decode+inference worker processes (default 1).")] = None,
+        engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data, for clusters).")] = "local",
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry files that failed in earlier runs.")] = False,
+        threshold: Annotated[Optional[float], typer.Option(help="Detection threshold on 1 - cosine (default: the model's).")] = None,
+        smooth_frames: Annotated[Optional[int], typer.Option(min=1, help="Median smoothing of frame scores, in frames (default 5).")] = None,
+        bridge_gap_s: Annotated[Optional[float], typer.Option(min=0, help="Bridge gaps shorter than this (s, default 0.2).")] = None,
+        min_segment_s: Annotated[Optional[float], typer.Option(min=0, help="Drop segments shorter than this (s, default 0.3).")] = None,
+        chunk_s: Annotated[Optional[float], typer.Option(help="Streaming chunk length in seconds (default 60).")] = None,
+        no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    ) -> None:
+        """Index an archive: every degraded stretch becomes a searchable segment."""
+        from rich.console import Console
+
+        from indexer.pipeline import index_archive
+        from indexer.settings import get_settings
+
+        settings = get_settings(store_dir=store_dir, database_url=database_url, model=model, workers=workers, threshold=threshold,
+                                smooth_frames=smooth_frames, bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s, chunk_s=chunk_s)
+        if settings.database_url is None:
+            settings.store_dir.mkdir(parents=True, exist_ok=True)
+        summary = index_archive(list(inputs), settings, engine=engine, retry_failed=retry_failed, progress=not no_progress)
+        print_summary(Console(), summary)
+
+    @app.command("enroll-clean")
+    def enroll_clean(
+        clips: Annotated[list[Path], typer.Argument(help="Clean recordings of the archive's kind (same channel type, same codec).")],
+        store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
+        database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="fast, accurate or a checkpoint path.")] = None,
+    ) -> None:
+        """Set this store's clean enrollment from clean clips (replaces the model's default for detection).
+
+        Re-index with the new enrollment by removing the store's recordings or indexing into a new store:
+        unchanged files are otherwise skipped.
+        """
+        from rich.console import Console
+
+        from indexer.model import load_model
+        from indexer.pipeline import set_clean_enrollment
+        from indexer.settings import get_settings
+        from retrieval.store import Store
+
+        settings = get_settings(store_dir=store_dir, database_url=database_url, model=model)
+        if settings.database_url is None:
+            settings.store_dir.mkdir(parents=True, exist_ok=True)
+        frame_model = load_model(str(settings.model))
+        store = Store.open(settings)
+        try:
+            store.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
+                               frame_model.threshold, {"enrollments": sorted(frame_model.enrollments)})
+            vector = set_clean_enrollment(store, frame_model, [str(c) for c in clips])
+        finally:
+            store.close()
+        default = frame_model.enrollments.get("narrowband")
+        note = ""
+        if default is not None:
+            note = f"; cosine to the model's narrowband enrollment {float(vector @ default):.3f}"
+        Console().print(f"clean enrollment set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}")
