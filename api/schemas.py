@@ -271,6 +271,7 @@ class ReclusterRequest(BaseModel):
 
 
 StatsFormat = Literal["json", "csv", "parquet"]
+StatsGroup = Literal["label", "cluster"]
 
 
 class StatsResponse(BaseModel):
@@ -280,6 +281,7 @@ class StatsResponse(BaseModel):
     group: str
     columns: list[str]
     rows: list[dict[str, Any]]
+    totals: dict[str, float] = Field(default_factory=dict, description="Store-wide recordings, segments, analysed_s, degraded_s.")
 
 
 class HealthResponse(BaseModel):

@@ -40,7 +40,7 @@ def get_prototypes(state: StateDep) -> PrototypeList:
 )
 def create_prototype(
     state: StateDep,
-    name: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[\w][\w .:+-]*$", description="Prototype name, e.g. 'gsm-codec'.")],
+    name: Annotated[str, Form(min_length=1, max_length=200, description="Prototype name, e.g. 'gsm-codec' (letters, digits, space . : + - _).")],
     files: Annotated[list[UploadFile], File(description="One or more example clips of the degradation.")],
 ) -> PrototypeOut:
     """Embed the clips' degraded frames and store their mean as prototype ``name`` (replacing one of that name)."""

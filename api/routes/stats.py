@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from api.deps import StateDep, require_read, upload_dir
-from api.schemas import StatsFormat, StatsResponse
+from api.schemas import StatsFormat, StatsGroup, StatsResponse
 
 router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[Depends(require_read)])
 
@@ -24,8 +24,8 @@ _MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.p
 )
 def get_stats(
     state: StateDep,
-    by: Annotated[str | None, Query(max_length=200, description="Breakdown key, as for `degsearch stats --by` (e.g. month, channel, attribute name).")] = None,
-    group: Annotated[str, Query(max_length=200, description="What each row groups segments by (e.g. label).")] = "label",
+    by: Annotated[str | None, Query(max_length=200, description="Breakdown, as for `degsearch stats --by`: channel, day, month, indexed_day, indexed_month or a recording attribute.")] = None,
+    group: Annotated[StatsGroup, Query(description="Group segments by their label or their nearest cluster prototype.")] = "label",
     format: Annotated[StatsFormat, Query(description="json (default), csv or parquet.")] = "json",
 ) -> StatsResponse | Response:
     from retrieval.stats import compute_stats, export_stats
@@ -34,7 +34,8 @@ def get_stats(
     if format == "json":
         # pandas turns NaN into null and numpy/timestamps into JSON types.
         rows = json.loads(df.to_json(orient="records", date_format="iso"))
-        return StatsResponse(by=by or None, group=group, columns=[str(c) for c in df.columns], rows=rows)
+        totals = {k: float(v) for k, v in df.attrs.get("totals", {}).items()}
+        return StatsResponse(by=by or None, group=group, columns=[str(c) for c in df.columns], rows=rows, totals=totals)
     with upload_dir() as tmp:  # export through the library so the CLI and API files are identical
         out = tmp / f"stats.{format}"
         export_stats(df, out, format)

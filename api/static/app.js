@@ -182,7 +182,7 @@ async function loadStats() {
     const select = $("#stats-metric");
     const previous = select.value;
     select.replaceChildren(...numeric.map((c) => el("option", { value: c }, c)));
-    const preferred = [previous, "degraded_s", "degraded_fraction", "segments", "count"].find((c) => numeric.includes(c));
+    const preferred = [previous, "degraded_s", "share", "segments"].find((c) => numeric.includes(c));
     if (preferred) select.value = preferred;
     drawChart();
     setStatus($("#stats-status"), `${statsData.rows.length} rows`);
