@@ -1,0 +1,81 @@
+"""Model commands: training data (`prepare-data`, `build-shards`), benchmarks (`make-benchmark`).
+
+Each command is registered by its own small function called from :func:`register`, so more
+commands (``train``) are added with one more ``_register_*`` function and one line in ``register``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _register_prepare_data(app: typer.Typer) -> None:
+    @app.command("prepare-data")
+    def prepare_data(
+        data_dir: Annotated[Path, typer.Argument(help="Where the corpus goes (e.g. data/train); reruns keep finished steps.")],
+        tts: Annotated[int, typer.Option(help="Number of TTS utterances (espeak-ng, flite, festival).")] = 1500,
+        seed: Annotated[int, typer.Option(help="Random seed (texts, voices, concatenation, rooms).")] = 0,
+        real: Annotated[bool, typer.Option("--real/--no-real", help="Fetch the Debian speech packages (apt-get download).")] = True,
+        noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Fetch the Debian ambience/music packages.")] = True,
+        shards: Annotated[int, typer.Option(help="Also build this many training examples into DATA_DIR/shards/train (0: none).")] = 0,
+        val_shards: Annotated[int, typer.Option(help="With --shards: held-out-speaker validation examples (training and held-out catalogs).")] = 300,
+        workers: Annotated[int, typer.Option(help="Processes for shard building: 1 = main only, 2 = main + one worker.")] = 1,
+    ) -> None:
+        """Fetch real speech and noise from Debian packages, synthesise TTS, write DATA_DIR/manifest.jsonl."""
+        from rich.console import Console
+
+        from indexer.training.corpus import prepare_corpus
+
+        console = Console(stderr=True)
+        summary = prepare_corpus(data_dir, n_tts=tts, seed=seed, real=real, noise=noise, log=console.print)
+        console.print(f"corpus: {summary['utterances']} utterances, {summary['hours']} h {summary['by_split_source']}; "
+                      f"held-out real groups: {', '.join(summary['groups_heldout_real'])}; {summary['seconds']} s")
+        if shards > 0:
+            _build_all(data_dir, data_dir / "shards", shards, val_shards, seed, workers, console)
+
+
+def _build_all(data_dir: Path, out: Path, n_train: int, n_val: int, seed: int, workers: int, console) -> None:
+    from indexer.training.shards import build_shards
+
+    sets = [("train", n_train, "train", "train")]
+    if n_val > 0:
+        sets += [("val_real", n_val, "heldout", "train"), ("val_heldout_catalog", n_val, "heldout", "heldout")]
+    for name, n, split, catalog in sets:
+        info = build_shards(data_dir, out / name, n, seed=seed + (0 if name == "train" else 1000), split=split,
+                            catalog=catalog, workers=workers, log=console.print)
+        console.print(f"{out / name}: {info['n_examples']} examples, {info['classes']} classes, "
+                      f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
+
+
+def _register_build_shards(app: typer.Typer) -> None:
+    @app.command("build-shards")
+    def build_shards_cmd(
+        data_dir: Annotated[Path, typer.Argument(help="A directory prepared by `degsearch prepare-data`.")],
+        out_dir: Annotated[Path, typer.Argument(help="Output directory for shard_NNNNN.npz + classes.json + info.json.")],
+        n: Annotated[int, typer.Option("--n", help="Number of examples.")] = 3000,
+        seed: Annotated[int, typer.Option(help="Random seed (shard i uses (seed, i)).")] = 0,
+        split: Annotated[str, typer.Option(help="Clean speech: 'train' (TTS + real) or 'heldout' (held-out real speakers).")] = "train",
+        catalog: Annotated[str, typer.Option(help="Degradations: 'train' or 'heldout' (other implementations/ranges).")] = "train",
+        clip_s: Annotated[float, typer.Option(help="Clip length in seconds.")] = 4.0,
+        shard_size: Annotated[int, typer.Option(help="Examples per shard file.")] = 500,
+        workers: Annotated[int, typer.Option(help="1 = main process only, 2 = main + one worker process.")] = 1,
+    ) -> None:
+        """Build partial mix-up shards (audio, 50 Hz frame labels, frame/utterance MOS targets)."""
+        from rich.console import Console
+
+        from indexer.training.shards import build_shards
+
+        console = Console(stderr=True)
+        info = build_shards(data_dir, out_dir, n, seed=seed, split=split, clip_s=clip_s, catalog=catalog,
+                            shard_size=shard_size, workers=workers, log=console.print)
+        console.print(f"{out_dir}: {info['n_examples']} examples in {info['shards']} shards, {info['classes']} classes, "
+                      f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the model/data commands to the CLI."""
+    _register_prepare_data(app)
+    _register_build_shards(app)
