@@ -75,7 +75,39 @@ def _register_build_shards(app: typer.Typer) -> None:
                       f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
 
 
+def _register_make_benchmark(app: typer.Typer) -> None:
+    @app.command("make-benchmark")
+    def make_benchmark_cmd(
+        out: Annotated[Path, typer.Argument(help="Output directory (manifest.jsonl + audio/).")],
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        clean_dir: Annotated[Optional[Path], typer.Option(help="Folder of clean recordings (sub-folder = speaker) instead of the held-out speakers.")] = None,
+        data_dir: Annotated[Path, typer.Option(help="Prepared data dir (held-out speakers, noise pools, rooms).")] = Path("data/train"),
+        source: Annotated[str, typer.Option(help="Without --clean-dir: held-out 'real' speakers, held-out 'tts' voices, or 'all'.")] = "real",
+        channel: Annotated[str, typer.Option(help="'wideband' (16 kHz files) or 'telephone' (telephone band, 8 kHz files).")] = "wideband",
+        catalog: Annotated[str, typer.Option(help="'train' (training catalog) or 'heldout' (other implementations/ranges).")] = "train",
+        minutes: Annotated[float, typer.Option(help="Approximate total length (the enroll split needs 2 events per label at least).")] = 10.0,
+        file_s: Annotated[float, typer.Option(help="Length of each file in seconds.")] = 8.0,
+        label: Annotated[Optional[list[str]], typer.Option(help="Restrict to these catalog labels (repeatable).")] = None,
+    ) -> None:
+        """Generate a labelled benchmark (BENCHMARK.md format) with enroll/test splits, singles and pairs."""
+        from rich.console import Console
+
+        from indexer.training.benchmark import make_benchmark, validate_benchmark
+
+        console = Console(stderr=True)
+        summary = make_benchmark(out, seed=seed, data_dir=data_dir, clean_dir=clean_dir, channel=channel, catalog=catalog,
+                                 minutes=minutes, source=source, file_s=file_s, labels=label or None, log=console.print)
+        problems = validate_benchmark(out)
+        if problems:
+            from indexer.errors import DegsearchError
+
+            raise DegsearchError(f"generated benchmark is invalid: {problems[:3]}", "report this as a bug")
+        console.print(f"{out}: {summary['files']} files, {summary['seconds'] / 60:.1f} min, {summary['events']} events, "
+                      f"{len(summary['labels'])} labels, speakers: {', '.join(summary['speakers'][:8])}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the model/data commands to the CLI."""
     _register_prepare_data(app)
     _register_build_shards(app)
+    _register_make_benchmark(app)

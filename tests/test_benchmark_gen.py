@@ -1,0 +1,44 @@
+"""A generated mini-benchmark validates against the BENCHMARK.md format."""
+
+from __future__ import annotations
+
+import json
+
+import soundfile as sf
+
+from indexer.training.benchmark import make_benchmark, validate_benchmark
+from tests.test_catalog import speechlike
+
+SR = 16000
+
+
+def test_mini_benchmark_from_clean_dir_validates(tmp_path):
+    clean = tmp_path / "clean"
+    for spk in range(2):
+        (clean / f"spk{spk}").mkdir(parents=True)
+        for i in range(2):
+            sf.write(str(clean / f"spk{spk}" / f"{i}.wav"), speechlike(2.0, 10 * spk + i, 100 + 40 * spk), SR)
+    out = tmp_path / "bench"
+    labels = ["noise_white", "clipping", "echo", "packet_loss"]
+    summary = make_benchmark(out, seed=1, data_dir=None, clean_dir=clean, channel="telephone", minutes=0.5,
+                             file_s=3.0, labels=labels, log=lambda *_: None)
+    assert validate_benchmark(out) == []
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"enroll", "test"}
+    assert any(r["clean"] for r in rows if r["split"] == "enroll")
+    enroll_labels = [e["label"] for r in rows if r["split"] == "enroll" for e in r["events"]]
+    assert all(enroll_labels.count(label) >= 2 for label in labels)
+    assert sf.info(str(out / rows[0]["audio"])).samplerate == 8000
+    assert summary["events"] == sum(len(r["events"]) for r in rows)
+
+
+def test_validator_reports_unsorted_events_and_unsorted_pair_labels(tmp_path):
+    (tmp_path / "audio").mkdir()
+    sf.write(str(tmp_path / "audio" / "a.wav"), speechlike(2.0, 0), SR)
+    row = {"id": "a", "audio": "audio/a.wav", "split": "test", "clean": False,
+           "events": [{"start": 1.0, "end": 1.5, "label": "noise+gsm"}, {"start": 0.2, "end": 2.5, "label": "x"}]}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    problems = validate_benchmark(tmp_path)
+    assert any("not sorted" in p for p in problems)
+    assert any("'+'-joined sorted" in p for p in problems)
+    assert any("outside" in p for p in problems)
