@@ -1,0 +1,153 @@
+"""Search latency and recall@10 against exact search, for the default and approximate indexes.
+
+    .venv/bin/python bench/bench_search.py                       # 100k and 1M, Flat / HNSW32 / IVF
+    .venv/bin/python bench/bench_search.py --sizes 100000 --queries 200 --factories Flat HNSW32
+
+Vectors are random 64-d unit vectors (``--data random``, the hardest case: no structure for an
+ANN index to exploit) or a mixture of unit vectors around 2,000 centres (``--data clustered``,
+closer to segment embeddings, which gather by degradation). They go straight into FAISS indexes
+built by :mod:`retrieval.vectors` the way the store builds them (inner product on normalised
+vectors, ids mapped); no database is involved. Latency is per single query (one user request),
+on ``--threads`` threads, after warm-up; recall@10 is the fraction of the exact top-10 found.
+For approximate indexes the search parameter (HNSW ``efSearch``, IVF ``nprobe``) is swept and
+the cheapest setting reaching ``--target-recall`` is reported as the tuned one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SWEEPS = {"HNSW": ("efSearch", [16, 32, 48, 64, 96, 128, 192, 256]), "IVF": ("nprobe", [8, 16, 32, 64, 128, 256, 512])}
+
+
+def make_vectors(n: int, dim: int, data: str, seed: int) -> np.ndarray:
+    """``n`` unit vectors (float32), generated in blocks to bound memory."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), dtype=np.float32)
+    centres = rng.standard_normal((2000, dim)).astype(np.float32) if data == "clustered" else None
+    block = 100_000
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        x = rng.standard_normal((m, dim)).astype(np.float32)
+        if centres is not None:
+            x = centres[rng.integers(len(centres), size=m)] + 0.6 * x / np.sqrt(dim)
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def build(factory: str, vectors: np.ndarray):
+    """A trained, filled :class:`retrieval.vectors.VectorIndex` (ids 1..n, like segment ids)."""
+    from retrieval.vectors import VectorIndex
+
+    index = VectorIndex(vectors.shape[1], factory)
+    index.add(np.arange(1, len(vectors) + 1, dtype=np.int64), vectors)
+    return index
+
+
+def timed_queries(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (nq,k), per-query seconds) searching one query at a time, as the store does."""
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    times = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        ids, _ = index.search(q, k)
+        times[i] = time.perf_counter() - t0
+        out[i, : len(ids)] = ids
+    return out, times
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each query's exact top-k present in its found top-k."""
+    k = exact.shape[1]
+    return float(np.mean([len(set(f[f >= 0]) & set(e)) / k for f, e in zip(found, exact)]))
+
+
+def set_param(index, name: str, value: int) -> None:
+    """Set HNSW efSearch or IVF nprobe on the index inside the store's id map."""
+    import faiss
+
+    inner = faiss.downcast_index(index._index.index)
+    if name == "efSearch":
+        inner.hnsw.efSearch = value
+    else:
+        faiss.extract_index_ivf(inner).nprobe = value
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    results = []
+    for n in args.sizes:
+        vectors = make_vectors(n, args.dim, args.data, args.seed)
+        queries = make_vectors(args.queries, args.dim, args.data, args.seed + 1)
+        if args.data == "clustered":  # queries from the same mixture (different noise)
+            queries = vectors[np.random.default_rng(args.seed + 2).choice(n, args.queries, replace=False)] + \
+                0.3 * queries / np.sqrt(args.dim)
+            queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+        exact_index = faiss.IndexFlatIP(args.dim)
+        exact_index.add(vectors)
+        _, exact = exact_index.search(queries, args.k)
+        exact = exact + 1  # ids are 1-based in the benchmark indexes
+        del exact_index
+        for factory in args.factories:
+            t0 = time.perf_counter()
+            index = build(factory, vectors)
+            build_s = time.perf_counter() - t0
+            kind = next((key for key in SWEEPS if factory.upper().startswith(key)), None)
+            settings: list[tuple[str | None, int | None]] = [(None, None)]
+            if kind and not index.fallback:  # a fallback is the exact flat index standing in until trained
+                name, values = SWEEPS[kind]
+                settings = [(name, v) for v in values]
+            rows = []
+            for name, value in settings:
+                if name:
+                    set_param(index, name, value)
+                timed_queries(index, queries[: min(20, len(queries))], args.k)  # warm-up
+                found, times = timed_queries(index, queries, args.k)
+                row = {"n": n, "factory": factory, "param": f"{name}={value}" if name else ("untrained: flat" if index.fallback else "-"), "build_s": round(build_s, 1),
+                       "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 3), "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 3),
+                       "recall@10": round(recall_at_k(found, exact), 4)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if name and row["recall@10"] >= args.target_recall and args.stop_at_target:
+                    break
+            tuned = next((r for r in rows if r["recall@10"] >= args.target_recall), rows[-1])
+            results.append({**tuned, "tuned": True})
+            del index
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--factories", nargs="+", default=["Flat", "HNSW32", "IVF1024,Flat"])
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads per query (1: what one API worker gets).")
+    parser.add_argument("--data", choices=["random", "clustered"], default="random")
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="Also write the tuned rows here.")
+    args = parser.parse_args()
+    results = run(args)
+    print("\ntuned (cheapest setting reaching the target recall, else the most accurate tried):")
+    print(f"{'n':>9} {'factory':<16} {'param':<14} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}")
+    for r in results:
+        print(f"{r['n']:>9} {r['factory']:<16} {r['param']:<14} {r['build_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['recall@10']:>9}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
