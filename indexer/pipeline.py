@@ -608,6 +608,8 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
     t_start = time.perf_counter()
     tasks = resolve_inputs(inputs)
     model = load_model(str(settings.model))
+    if settings.database_url is None:
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings)
     summary = IndexSummary(run_id=None, model_id=model.model_id, files_total=len(tasks), engine=engine, workers=settings.workers)
     status = "interrupted"

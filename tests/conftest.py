@@ -386,4 +386,54 @@ def ix_settings(tmp_path, ix_checkpoint):
     from indexer.settings import get_settings
 
     return get_settings(store_dir=tmp_path / "store", model=str(ix_checkpoint), chunk_s=20.0)
+def ix_archive(root: _IxPath, n: int = 3, seconds: float = 4.0, sr: int = 8000, first_seed: int = 0) -> list[_IxPath]:
+    """``n`` stereo call WAVs (every other one with loud noise on the customer channel)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        span = (seconds * 0.3, seconds * 0.7) if i % 2 else None
+        paths.append(ix_write(root / f"call_{first_seed + i:03d}.wav", ix_call(seconds, sr, seed=first_seed + i, noise_span=span), sr))
+    return paths
+
+
+def ix_threshold(model, path: _IxPath, quantile: float = 0.6) -> float:
+    """A detection threshold at a quantile of ``path``'s frame scores: with an untrained model
+    this flags a realistic mix of frames, so tests see several segments per file."""
+    from indexer.audio import load_audio
+    from indexer.detect import frame_scores
+    from indexer.pipeline import enrollment_for
+
+    audio = load_audio(path)
+    enrollment = enrollment_for(dict(model.enrollments), audio.orig_sr)
+    scores = _ix_np.concatenate([frame_scores(model.embed(ch).embeddings, enrollment) for ch in audio.samples])
+    return float(_ix_np.quantile(scores, quantile))
+
+
+def ix_segments(settings) -> dict[str, list[tuple]]:
+    """Stored segments per recording path: sorted (channel, start_s, end_s, n_frames, mos, vector bytes)."""
+    from sqlalchemy import select
+
+    from retrieval.models import Recording, Segment, SegmentVector
+    from retrieval.store import Store
+
+    store = Store.open(settings, readonly=True)
+    try:
+        with store.session() as session:
+            rows = session.execute(
+                select(Recording.path, Segment.channel, Segment.start_s, Segment.end_s, Segment.n_frames, Segment.mos, SegmentVector.vector)
+                .join(Segment, Segment.recording_id == Recording.id).join(SegmentVector, SegmentVector.segment_id == Segment.id)).all()
+    finally:
+        store.close()
+    out: dict[str, list[tuple]] = {}
+    for path, *rest in rows:
+        out.setdefault(path, []).append(tuple(rest))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def ix_derive(settings, **changes):
+    """A validated copy of ``settings`` with ``changes`` (``model_copy`` would keep the cached
+    database URL of the original store)."""
+    return type(settings)(**{**settings.model_dump(), **changes})
+
+
 # ==== END audio fixtures ====

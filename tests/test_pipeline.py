@@ -1,0 +1,208 @@
+"""The batch indexer end to end on small real archives: inputs, per-channel segments, skip and
+re-index, labels, enrollments, worker processes and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexer.errors import ConfigError
+from indexer.pipeline import embed_clip, index_archive, resolve_inputs, set_clean_enrollment, stored_enrollment
+from tests.conftest import ix_derive, ix_archive, ix_call, ix_segments, ix_threshold, ix_write
+
+
+@pytest.fixture
+def archive(tmp_path):
+    return ix_archive(tmp_path / "archive", n=3, seconds=4.0)
+
+
+@pytest.fixture
+def settings(ix_settings, ix_model, archive):
+    """Settings whose threshold flags a realistic share of frames with the untrained model."""
+    return ix_derive(ix_settings, threshold=ix_threshold(ix_model, archive[1]))
+
+
+def recordings(settings) -> dict[str, dict]:
+    from sqlalchemy import select
+
+    from retrieval.models import Recording
+    from retrieval.store import Store
+
+    store = Store.open(settings, readonly=True)
+    try:
+        with store.session() as session:
+            rows = session.scalars(select(Recording)).all()
+            return {r.path: {"status": r.status, "channels": r.channels, "duration_s": r.duration_s, "analysed_s": r.analysed_s,
+                             "degraded_s": r.degraded_s, "mean_mos": r.mean_mos, "attributes": r.attributes, "error": r.error,
+                             "sample_rate": r.sample_rate, "hash": r.content_hash} for r in rows}
+    finally:
+        store.close()
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def test_directories_are_scanned_recursively_for_audio_only(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    ix_write(tmp_path / "a" / "b" / "deep.flac", ix_call(1.0), 8000, None)
+    ix_write(tmp_path / "top.wav", ix_call(1.0), 8000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    tasks = resolve_inputs([tmp_path])
+    assert sorted(p.split("/")[-1] for p in (t.path for t in tasks)) == ["deep.flac", "top.wav"]
+
+
+def test_glob_patterns_and_duplicates(tmp_path):
+    for name in ("x1.wav", "x2.wav", "y.wav"):
+        ix_write(tmp_path / name, ix_call(0.5), 8000)
+    tasks = resolve_inputs([str(tmp_path / "x*.wav"), str(tmp_path / "x1.wav")])
+    assert [t.path.split("/")[-1] for t in tasks] == ["x1.wav", "x2.wav"]
+    with pytest.raises(ConfigError, match="matches no files"):
+        resolve_inputs([str(tmp_path / "z*.wav")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_inputs([str(tmp_path / "missing.wav")])
+
+
+def test_csv_and_jsonl_manifests_give_paths_relative_to_manifest_and_attributes(tmp_path):
+    sub = tmp_path / "calls"
+    sub.mkdir()
+    ix_write(sub / "c1.wav", ix_call(0.5), 8000)
+    ix_write(sub / "c2.wav", ix_call(0.5), 8000)
+    (tmp_path / "m.csv").write_text("path,call_id,agent\ncalls/c1.wav,A1,alice\n")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "calls/c2.wav", "call_id": "A2", "score": 3}) + "\n")
+    tasks = {t.path.split("/")[-1]: t.attributes for t in resolve_inputs([tmp_path / "m.csv", tmp_path / "m.jsonl"])}
+    assert tasks == {"c1.wav": {"call_id": "A1", "agent": "alice"}, "c2.wav": {"call_id": "A2", "score": 3}}
+    (tmp_path / "bad.csv").write_text("file,agent\nc1.wav,bob\n")
+    with pytest.raises(ConfigError, match="'path' column"):
+        resolve_inputs([tmp_path / "bad.csv"])
+
+
+# --- indexing --------------------------------------------------------------------------------------
+
+
+def test_archive_is_indexed_per_channel_with_denominators(settings, archive):
+    summary = index_archive([str(archive[0].parent)], settings, progress=False)
+    assert (summary.indexed, summary.skipped, summary.failed) == (3, 0, 0)
+    assert summary.audio_s == pytest.approx(12.0, abs=0.05) and summary.realtime_factor > 0
+    recs = recordings(settings)
+    segs = ix_segments(settings)
+    assert summary.segments == sum(len(v) for v in segs.values()) > 0
+    for path in map(str, archive):
+        rec = recs[path]
+        assert rec["status"] == "done" and rec["channels"] == 2 and rec["sample_rate"] == 8000
+        assert rec["duration_s"] == pytest.approx(4.0, abs=0.01)
+        assert rec["analysed_s"] == pytest.approx(8.0, abs=0.02)  # both channels
+        stored = segs.get(path, [])
+        assert rec["degraded_s"] == pytest.approx(sum(e - s for _, s, e, *_ in stored))
+        assert 1.0 <= rec["mean_mos"] <= 5.0
+        for channel, start, end, n_frames, mos, blob in stored:
+            assert channel in (0, 1) and 0 <= start < end <= 4.0 + 1e-6
+            assert n_frames == round((end - start) * 50)
+            assert np.linalg.norm(np.frombuffer(blob, "<f4")) == pytest.approx(1.0, abs=1e-5)
+    assert {c for v in segs.values() for c, *_ in v} == {0, 1}
+
+
+def test_rerun_skips_unchanged_and_reindexes_changed_files(settings, archive):
+    index_archive([str(p) for p in archive], settings, progress=False)
+    before = ix_segments(settings)
+    again = index_archive([str(p) for p in archive], settings, progress=False)
+    assert (again.indexed, again.skipped) == (0, 3)
+    assert ix_segments(settings) == before
+    # Change one file: only it is re-indexed and its segments are replaced by the new content's.
+    ix_write(archive[0], ix_call(3.0, seed=42, noise_span=(0.5, 2.5), noise_channel=0), 8000)
+    third = index_archive([str(p) for p in archive], settings, progress=False)
+    assert (third.indexed, third.skipped) == (1, 2)
+    after = ix_segments(settings)
+    assert after[str(archive[1])] == before[str(archive[1])]
+    assert recordings(settings)[str(archive[0])]["duration_s"] == pytest.approx(3.0, abs=0.01)
+    fresh = ix_derive(settings, store_dir=settings.store_dir.parent / "fresh")
+    index_archive([str(archive[0])], fresh, progress=False)
+    assert after.get(str(archive[0]), []) == ix_segments(fresh).get(str(archive[0]), [])
+
+
+def test_manifest_attributes_are_stored_on_recordings(settings, archive, tmp_path):
+    manifest = tmp_path / "archive" / "manifest.csv"
+    manifest.write_text("path,call_id,agent,date\n" + "".join(f"{p.name},C{i},alice,2026-11-0{i + 1}\n" for i, p in enumerate(archive)))
+    index_archive([str(manifest)], settings, progress=False)
+    recs = recordings(settings)
+    assert recs[str(archive[2])]["attributes"] == {"call_id": "C2", "agent": "alice", "date": "2026-11-03"}
+
+
+def test_segments_get_nearest_named_prototype_label(settings, archive, ix_model):
+    from retrieval.models import Prototype, vector_to_bytes
+    from retrieval.prototypes import write_session
+    from retrieval.store import Store
+
+    index_archive([str(archive[1])], settings, progress=False)
+    segs = ix_segments(settings)[str(archive[1])]
+    target = np.frombuffer(segs[0][5], "<f4")
+    store = Store.open(settings)
+    try:
+        with write_session(store) as session:
+            session.add(Prototype(name="hiss", kind="named", model_id=ix_model.model_id, dim=ix_model.dim, vector=vector_to_bytes(target)))
+    finally:
+        store.close()
+    index_archive([str(archive[2])], ix_derive(settings, label_threshold=-1.0), progress=False)
+    from sqlalchemy import select
+
+    from retrieval.models import Recording, Segment
+
+    store = Store.open(settings, readonly=True)
+    try:
+        with store.session() as session:
+            labels = session.execute(select(Segment.label, Segment.label_score).join(Recording)
+                                     .where(Recording.path == str(archive[2]))).all()
+    finally:
+        store.close()
+    assert labels and all(lab == "hiss" and -1.0 <= score <= 1.0 for lab, score in labels)
+
+
+def test_clean_enrollment_from_clips_is_stored_and_used(settings, archive, ix_model):
+    from indexer.pipeline import build_context
+    from retrieval.store import Store
+
+    clean = ix_write(archive[0].parent / "clean.wav", ix_call(2.0, seed=5), 8000)
+    store = Store.open(settings)
+    try:
+        store.ensure_model(ix_model.model_id, ix_model.name, ix_model.frame_rate, ix_model.dim, ix_model.threshold, {})
+        vector = set_clean_enrollment(store, ix_model, [clean])
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(stored_enrollment(store, ix_model.model_id), vector, atol=1e-6)
+        ctx = build_context(store, ix_model, settings)
+        assert list(ctx.enrollments) == ["store"]
+        set_clean_enrollment(store, ix_model, [archive[0]])  # replacing keeps one enrollment
+        assert not np.allclose(stored_enrollment(store, ix_model.model_id), vector)
+    finally:
+        store.close()
+
+
+def test_embed_clip_gives_unit_vector_for_path_and_samples(ix_model, archive, settings):
+    v = embed_clip(ix_model, archive[1], settings=settings)
+    w = embed_clip(ix_model, ix_call(2.0)[0], whole=True, settings=settings)
+    assert v.shape == w.shape == (ix_model.dim,)
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5) and np.linalg.norm(w) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_two_worker_processes_give_the_same_segments_as_one(settings, archive):
+    index_archive([str(p) for p in archive], settings, progress=False)
+    parallel = ix_derive(settings, store_dir=settings.store_dir.parent / "parallel", workers=2)
+    summary = index_archive([str(p) for p in archive], parallel, progress=False)
+    assert summary.indexed == 3 and summary.workers == 2
+    assert ix_segments(parallel) == ix_segments(settings)
+
+
+def test_index_command_prints_summary(settings, archive):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    args = ["index", str(archive[0].parent), "--store-dir", str(settings.store_dir), "--model", str(settings.model),
+            "--threshold", str(settings.threshold), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "indexed" in result.output and "real-time factor" in result.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    skipped_line = next(line for line in again.output.splitlines() if "skipped (unchanged)" in line)
+    assert skipped_line.replace("│", " ").split()[-1] == "3"
