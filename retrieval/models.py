@@ -168,4 +168,7 @@ class IndexState(Base):
     dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
     factory: Mapped[str] = mapped_column(String(200), default="Flat")
+    # Bumped by every transaction that adds or removes segment vectors, so a reader notices
+    # writes the writer has not flushed to the FAISS file yet with one single-row SELECT.
+    changes: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
