@@ -35,7 +35,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except DegsearchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)  # one line
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
