@@ -1,0 +1,195 @@
+"""End to end: `degsearch evaluate` on a tiny benchmark written here, with the untrained model.
+
+The benchmark follows BENCHMARK.md: speech-like 8 kHz files, an enroll split (one clean file, one
+with events) and a test split (a clean file and degraded ones), labels invented for the test so
+nothing can depend on training label names. Also checks the baselines' building blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 8000
+LABELS = ("zz-hiss", "zz-square", "zz-hiss+zz-square")
+
+
+def _speech(seconds: float, seed: int) -> np.ndarray:
+    """Harmonic 'voice' with a syllable-rate envelope and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.5 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voice = sum(np.sin(k * phase) / k for k in range(1, 10))
+    env = (0.5 * (1 + np.sin(2 * np.pi * 3.0 * t + seed))) ** 2
+    return (0.12 * voice * env + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _degrade(x: np.ndarray, start: float, end: float, label: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = int(start * SR), int(end * SR)
+    for name in label.split("+"):
+        if name == "zz-hiss":
+            x[a:b] += 0.2 * rng.standard_normal(b - a).astype(np.float32)
+        elif name == "zz-square":
+            x[a:b] = np.clip(8 * x[a:b], -0.05, 0.05)
+
+
+def _write_benchmark(root: Path) -> Path:
+    bench = root / "bench"
+    (bench / "audio").mkdir(parents=True)
+    plan = [  # (id, split, clean, seconds, events)
+        ("e-clean", "enroll", True, 3.0, []),
+        ("e-deg", "enroll", False, 4.0, [(0.5, 1.3, LABELS[0]), (1.8, 2.6, LABELS[1]), (3.0, 3.7, LABELS[2])]),
+        ("t-clean", "test", True, 2.5, []),
+        ("t-deg1", "test", False, 4.0, [(0.4, 1.2, LABELS[0]), (2.0, 2.9, LABELS[1])]),
+        ("t-deg2", "test", False, 4.0, [(0.6, 1.5, LABELS[1]), (2.2, 3.0, LABELS[2]), (3.2, 3.9, LABELS[0])]),
+    ]
+    lines = []
+    for k, (fid, split, clean, seconds, events) in enumerate(plan):
+        x = _speech(seconds, seed=k)
+        for j, (s, e, lab) in enumerate(events):
+            _degrade(x, s, e, lab, seed=10 * k + j)
+        sf.write(bench / "audio" / f"{fid}.wav", np.clip(x, -1, 1), SR, subtype="PCM_16")
+        lines.append(json.dumps({"id": fid, "audio": f"audio/{fid}.wav", "split": split, "clean": clean,
+                                 "events": [{"start": s, "end": e, "label": lab} for s, e, lab in events]}))
+    (bench / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return bench
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Run the real CLI once (untrained checkpoint, baselines on); yield (report dict, output dir)."""
+    import torch
+    from typer.testing import CliRunner
+
+    torch.set_num_threads(1)
+    from api.cli import app
+    from indexer.model.checkpoint import build_untrained_checkpoint
+
+    root = tmp_path_factory.mktemp("bench-eval")
+    checkpoint = root / "untrained.pt"
+    build_untrained_checkpoint(checkpoint)
+    bench = _write_benchmark(root)
+    out = root / "out" / "report.json"
+    result = CliRunner().invoke(app, ["evaluate", str(bench), "--output", str(out), "--model", str(checkpoint),
+                                      "--work-dir", str(root)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(out.read_text()), out.parent, result.output
+
+
+BENCHMARK_KEYS = ("frame_eer", "frame_min_dcf", "i_auc", "mos_i_auc", "verification_eer", "prototype_accuracy", "ari",
+                  "retrieval_p_at_10", "detection_f1", "index_rtf", "per_label")
+
+
+def test_report_has_every_benchmark_key_in_range(evaluated):
+    rep, _, _ = evaluated
+    for key in BENCHMARK_KEYS:
+        assert key in rep, key
+    for key in ("frame_eer", "verification_eer", "prototype_accuracy"):
+        assert 0.0 <= rep[key] <= 100.0, (key, rep[key])
+    for key in ("i_auc", "mos_i_auc", "retrieval_p_at_10", "detection_f1"):
+        assert 0.0 <= rep[key] <= 1.0, (key, rep[key])
+    assert rep["frame_min_dcf"] >= 0.0
+    assert -1.0 <= rep["ari"] <= 1.0
+    assert rep["index_rtf"] > 0.0
+
+
+def test_report_describes_model_benchmark_and_version(evaluated):
+    rep, _, _ = evaluated
+    assert rep["model"]["id"] and rep["model"]["frame_rate"] > 0
+    bench = rep["benchmark"]
+    assert (bench["files"], bench["events"], bench["labels"]) == (5, 8, 3)
+    assert bench["test"] == {"files": 3, "seconds": pytest.approx(10.5, abs=0.05), "events": 5, "labels": 3}
+    assert bench["seconds"] == pytest.approx(17.5, abs=0.1)
+    assert "evaluation" in rep["version"]
+    assert bench["enrollment"].startswith("1 clean")
+
+
+def test_per_label_uses_the_benchmark_labels(evaluated):
+    rep, _, _ = evaluated
+    assert set(rep["per_label"]) == set(LABELS)
+    counts = {name: v["n_events"] for name, v in rep["per_label"].items()}
+    assert counts == {LABELS[0]: 2, LABELS[1]: 2, LABELS[2]: 1}
+    for v in rep["per_label"].values():
+        assert v["prototype_accuracy"] is None or 0.0 <= v["prototype_accuracy"] <= 100.0
+        assert 0.0 <= v["detection_recall"] <= 1.0
+
+
+def test_baselines_are_scored_on_the_same_segments(evaluated):
+    rep, _, _ = evaluated
+    dn, lm = rep["baselines"]["dnsmos"], rep["baselines"]["logmel"]
+    for key in ("frame_eer", "verification_eer", "prototype_accuracy"):
+        assert 0.0 <= dn[key] <= 100.0, key
+    assert 0.0 <= dn["i_auc"] <= 1.0
+    assert 0.0 <= lm["verification_eer"] <= 100.0 and 0.0 <= lm["prototype_accuracy"] <= 100.0
+    assert set(dn["per_label"]) == set(lm["per_label"]) == set(LABELS)
+
+
+def test_report_files_and_table_are_written(evaluated):
+    rep, out_dir, output = evaluated
+    for name in ("report.json", "report.md", "report_det.png", "report_confusion.png", "report_map.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    md = (out_dir / "report.md").read_text()
+    assert "frame_eer" in md and LABELS[2] in md and "report_det.png" in md
+    assert "frame EER" in output and "DNSMOS" in output
+
+
+# --- manifest and baselines building blocks ----------------------------------------------------
+
+
+def test_manifest_errors_name_the_line(tmp_path):
+    from retrieval.benchmark_eval import read_manifest
+    from retrieval.evaluation import EvaluationError
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "manifest.jsonl").write_text(
+        json.dumps({"id": "a", "audio": "a.wav", "split": "test", "clean": False,
+                    "events": [{"start": 1.0, "end": 0.5, "label": "x"}]}) + "\n")
+    with pytest.raises(EvaluationError, match=r"manifest.jsonl:1"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"id": "a", "audio": "a.wav", "split": "dev", "events": []}) + "\n")
+    with pytest.raises(EvaluationError, match="split"):
+        read_manifest(tmp_path)
+
+
+def test_dnsmos_graph_edit_reproduces_dnsmos_on_its_native_input():
+    """The length-free graph plus the numpy head give DNSMOS's own output on a 9.01 s input."""
+    import onnxruntime as ort
+
+    from retrieval.baselines import DNSMOSBaseline, dnsmos_model_path
+
+    x = np.tile(_speech(1.0, seed=3), 19)[: 144160] * 2.0  # DNSMOS's native 9.01 s at 16 kHz
+    ref = ort.InferenceSession(str(dnsmos_model_path())).run(None, {"input_1": x[None, :]})[0][0]
+    base = DNSMOSBaseline()
+    out, fmap = base._session.run(None, {"input_1": x[None, :]})
+    np.testing.assert_allclose(out[0], ref, rtol=1e-4)
+    (w0, b0), (w1, b1), (w2, b2) = base._head
+    pooled = fmap[0].max(axis=(0, 1))[None, :]
+    raw = np.maximum(np.maximum(pooled @ w0 + b0, 0) @ w1 + b1, 0) @ w2 + b2
+    np.testing.assert_allclose(raw[0], ref, rtol=1e-4)
+    # any length works; the map has one row per 80 ms and segment embeddings are unit vectors
+    fm = base.analyse(_speech(2.0, seed=1))
+    assert len(fm) == 13  # 16000 samples at 16 kHz = 1 s -> ceil(1 s / 80 ms)
+    emb = base.segment_embeddings(fm, [(0.0, 0.5), (1.0, 2.0)])
+    assert emb.shape == (2, 64)
+    assert base.frame_mos(fm, 100, 0.02).shape == (100,)
+
+
+def test_logmel_statistics_separate_noise_from_speech():
+    from retrieval.baselines import LogMelBaseline
+    from retrieval.evaluation import verification_eer
+
+    rng = np.random.default_rng(0)
+    lm = LogMelBaseline()
+    clean = np.tile(_speech(1.0, seed=0), 6)  # 3 s at 16 kHz
+    noisy = clean + 0.1 * rng.standard_normal(clean.size).astype(np.float32)
+    spans = [(i * 0.3, i * 0.3 + 0.3) for i in range(10)]
+    stats = np.vstack([lm.segment_stats(lm.features(clean), spans), lm.segment_stats(lm.features(noisy), spans)])
+    emb = lm.fit(stats).embed(stats)
+    assert emb.shape == (20, 128)
+    assert verification_eer(emb, ["clean"] * 10 + ["noisy"] * 10) < 0.1
