@@ -194,3 +194,18 @@ def test_export_cuts_hits_to_padded_wav_files(tmp_path):
     manifest = pd.read_csv(tmp_path / "out" / MANIFEST)
     assert manifest["segment_id"].tolist() == [h.segment_id for h in hits]
     assert all(h.label == "deg0" for h in label_hits)
+
+
+def test_approximate_index_store_still_gives_exact_filtered_results(tmp_path):
+    planted = build_planted_store(tmp_path / "store", n_recordings=12, factory="HNSW32")
+    query = _query(planted)
+    filters, keep = FILTER_CASES["combined"]
+    store = planted.store(readonly=True)
+    try:
+        want_ids, _ = _expected(planted, query, 7, keep)
+        assert [h.segment_id for h in search(store, query, 7, filters)] == want_ids
+        exact_ids, _ = _expected(planted, query, 10, lambda s, r: True)
+        assert [h.segment_id for h in search(store, query, 10, exact=True)] == exact_ids
+        assert len(search(store, query, 10)) == 10  # approximate, but never short
+    finally:
+        store.close()
