@@ -58,8 +58,11 @@ HELDOUT_REAL_GROUPS = {
 # TTS voices held out from training (benchmarks built from TTS use these).
 HELDOUT_TTS_VOICES = {
     "espeak:de", "espeak:en-gb-scotland", "espeak:pt-br", "espeak:pl", "espeak:sv",
-    "flite:slt", "festival:kal_diphone",
+    "flite:slt", "festival:ked_diphone",
 }
+# Festival voices from Debian (festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts); the
+# ones installed are used.
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 ESPEAK_VOICES = (
     "en-us", "en-gb", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-scotland", "en-gb-x-gbclan",
     "de", "fr-fr", "es", "es-419", "it", "pt", "pt-br", "nl", "pl", "sv", "da", "fi", "cs", "ru",
@@ -219,21 +222,27 @@ def _tts_job(engine: str, voice: str, text: str, rate: int, pitch: int, out: Pat
     return True
 
 
+def _installed_festival_voices() -> list[str]:
+    roots = [Path("/usr/share/festival/voices")]
+    found = {p.name for r in roots if r.exists() for p in r.glob("*/*") if p.is_dir()}
+    return [v for v in FESTIVAL_VOICES if v in found]
+
+
 def generate_tts(data_dir: Path, n_utterances: int, seed: int = 0, workers: int = 2) -> list[Utterance]:
-    """Synthesise ``n_utterances`` TTS utterances: ~70 % espeak-ng, 20 % flite, 10 % festival."""
+    """Synthesise ``n_utterances`` TTS utterances: ~68 % espeak-ng, 20 % flite, 12 % festival."""
     rng = random.Random(seed)
     out_dir = data_dir / "speech" / "tts"
     out_dir.mkdir(parents=True, exist_ok=True)
-    have_festival = shutil.which("text2wave") is not None
+    festival_voices = _installed_festival_voices() if shutil.which("text2wave") else []
     have_flite = shutil.which("flite") is not None
     if shutil.which("espeak-ng") is None:
         raise CorpusError("espeak-ng is not installed", "apt-get install espeak-ng (see indexer/training/SYSTEM_PACKAGES.txt)")
     jobs = []
     for i in range(n_utterances):
         r = rng.random()
-        if r < 0.1 and have_festival:
-            engine, voice = "festival", "kal_diphone"
-        elif r < 0.3 and have_flite:
+        if r < 0.12 and festival_voices:
+            engine, voice = "festival", rng.choice(festival_voices)
+        elif r < 0.32 and have_flite:
             engine, voice = "flite", rng.choice(FLITE_VOICES)
         else:
             engine, voice = "espeak", rng.choice(ESPEAK_VOICES)
@@ -242,7 +251,10 @@ def generate_tts(data_dir: Path, n_utterances: int, seed: int = 0, workers: int 
         pitch = rng.randint(20, 80)
         full_voice = voice + (rng.choice(ESPEAK_VARIANTS) if engine == "espeak" else "")
         group = f"{engine}:{voice}"
-        jobs.append((engine, full_voice, text, rate, pitch, out_dir / f"tts_{i:05d}.wav", group))
+        # The voice is in the file name: a rerun with other voices installed never reuses a file
+        # under the wrong speaker id.
+        safe_voice = full_voice.replace("+", "_").replace("/", "_")
+        jobs.append((engine, full_voice, text, rate, pitch, out_dir / f"tts_{i:05d}_{engine}_{safe_voice}.wav", group))
 
     def run(job: tuple) -> Utterance | None:
         engine, full_voice, text, rate, pitch, path, group = job

@@ -50,7 +50,7 @@ from indexer.training.catalog import (
 )
 from indexer.training.corpus import load_manifest
 from indexer.training.mixup import HOP, partial_mixup, speech_frames
-from indexer.training.teacher import DNSMOSTeacher, TeacherCache, pseudo_targets
+from indexer.training.teacher import TeacherCache, make_teacher, pseudo_targets
 
 SR = 16000
 
@@ -83,7 +83,7 @@ class ExampleMaker:
 
     def __init__(self, data_dir: str | Path, split: str, catalog: str, clip_s: float = 4.0,
                  p_clean: float = 0.1, p_narrowband: float = 0.5, p_real: float = 0.6,
-                 cache_path: str | Path | None = None) -> None:
+                 cache_path: str | Path | None = None, teacher: str = "dnsmos") -> None:
         self.data_dir = Path(data_dir)
         rows = [r for r in load_manifest(self.data_dir) if r["split"] == split]
         if split == "heldout":
@@ -102,7 +102,7 @@ class ExampleMaker:
         self.classes = class_names(self.catalog)
         self.n = int(round(clip_s * SR))
         self.p_clean, self.p_narrowband, self.p_real = p_clean, p_narrowband, p_real
-        self.teacher = DNSMOSTeacher(TeacherCache(cache_path))
+        self.teacher = make_teacher(teacher, TeacherCache(cache_path))
 
     def _read(self, row: dict) -> np.ndarray:
         x, sr = sf.read(str(self.data_dir / row["path"]), dtype="float32", always_2d=True)
@@ -159,6 +159,12 @@ _MAKER: ExampleMaker | None = None
 def _init_worker(kwargs: dict) -> None:
     global _MAKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:  # one thread per process: the distillmos teacher runs in torch
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     _MAKER = ExampleMaker(**kwargs)
 
 
@@ -186,7 +192,7 @@ def _build_one_shard(args: tuple[str, int, int, int]) -> str:
 
 def build_shards(data_dir: str | Path, out_dir: str | Path, n_examples: int, seed: int = 0, split: str = "train",
                  clip_s: float = 4.0, *, catalog: str = "train", shard_size: int = 500, workers: int = 1,
-                 p_clean: float = 0.1, p_narrowband: float = 0.5, log=print) -> dict:
+                 p_clean: float = 0.1, p_narrowband: float = 0.5, teacher: str = "dnsmos", log=print) -> dict:
     """Write ``ceil(n_examples / shard_size)`` shards to ``out_dir``; returns a summary dict.
 
     ``workers``: 1 = main process only; 2 = main process plus one worker process (the maximum).
@@ -198,7 +204,7 @@ def build_shards(data_dir: str | Path, out_dir: str | Path, n_examples: int, see
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"data_dir": str(data_dir), "split": split, "catalog": catalog, "clip_s": clip_s, "p_clean": p_clean,
-              "p_narrowband": p_narrowband, "cache_path": None}
+              "p_narrowband": p_narrowband, "cache_path": None, "teacher": teacher}
     t0 = time.time()
     _init_worker(kwargs)
     assert _MAKER is not None
@@ -234,7 +240,7 @@ def build_shards(data_dir: str | Path, out_dir: str | Path, n_examples: int, see
     info = {"data_dir": str(data_dir), "n_examples": total, "seed": seed, "split": split, "catalog": catalog,
             "clip_s": clip_s, "shard_size": shard_size, "shards": len(done), "classes": len(classes),
             "narrowband_fraction": round(n_narrow / max(total, 1), 3), "real_fraction": round(n_real / max(total, 1), 3),
-            "per_class": dict(sorted(counts.items())), "teacher": DNSMOSTeacher.name, "frame_rate": SR / HOP,
+            "per_class": dict(sorted(counts.items())), "teacher": _MAKER.teacher.name, "frame_rate": SR / HOP,
             "seconds": round(time.time() - t0, 1)}
     (out / "info.json").write_text(json.dumps(info, indent=1))
     return info

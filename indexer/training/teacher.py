@@ -84,6 +84,124 @@ def pseudo_targets(frame_mask: np.ndarray, q_ref: float, q_deg: float | np.ndarr
     return q, float(q.mean()) if q.size else float(q_ref)
 
 
+class _DistillMOSNet:
+    """Builds distillmos v7 (MIT) from its wheel's state dict without importing the package.
+
+    ``distillmos.sqa`` imports torchaudio at module load, which is not installable beside torch
+    2.13, so the architecture is rebuilt here from the package source (conv front end on a
+    power-law compressed complex STFT, 20 ms window, 10 ms hop; BatchNorm; 7-layer transformer,
+    dim 200, 8 heads, fixed 384-frame positional table; attention pooling; sigmoid -> 1 + 4 q).
+    Input windows are exactly 7.68 s (122880 samples), peak-normalised, shorter clips zero-padded,
+    as the package does.
+    """
+
+    SEQ_LEN = 122880
+
+    def __init__(self) -> None:
+        import importlib.util
+
+        import torch
+        from torch import nn
+
+        spec = importlib.util.find_spec("distillmos")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError("the distillmos package is not installed",
+                             "pip install --no-deps distillmos==0.9.1 (only its weight file is used)")
+        weights = Path(list(spec.submodule_search_locations)[0]) / "weights" / "distill_mos_v7.pt"
+        layers: list[nn.Module] = []
+        prev = 2
+        for i in range(6):
+            ch = min(64 * 2 ** max(i - 1, 0), 256)
+            layers += [nn.Conv2d(prev, ch, (3, 3), stride=(2 if i >= 1 else 1, 2 if i == 5 else 1), padding=(0, 1)),
+                       nn.LeakyReLU(0.1)]
+            prev = ch
+        cnn = nn.Sequential(*layers)
+        enc_layer = nn.TransformerEncoderLayer(d_model=200, dim_feedforward=400, nhead=8, batch_first=True, dropout=0.0)
+        net = nn.Module()
+        net.cnn = nn.Module()
+        net.cnn.cnn = cnn
+        tpa = nn.Module()
+        tpa.norm_input = nn.BatchNorm1d(1024)
+        tpa.transformer = nn.Module()
+        tpa.transformer.norm = nn.BatchNorm1d(1024)
+        tpa.transformer.position_encoding = nn.Module()
+        tpa.transformer.position_encoding.register_buffer("pe", torch.zeros(1, 384, 200))
+        tpa.transformer.linear_proj = nn.Linear(1024, 200)
+        tpa.transformer.transformer_encoder = nn.TransformerEncoder(enc_layer, num_layers=7, enable_nested_tensor=False)
+        tpa.norm_trans = nn.BatchNorm1d(200)
+        tpa.pool = nn.Module()
+        tpa.pool.linear1 = nn.Linear(200, 400)
+        tpa.pool.linear2 = nn.Linear(400, 1)
+        tpa.pool.linear3 = nn.Linear(200, 1)
+        net.transformer_pool_attn = tpa
+        state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+        net.load_state_dict(state)
+        net.eval()
+        self.net = net
+        self.torch = torch
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(B, n) float32 at 16 kHz, n <= 122880 -> MOS (B,) in 1..5."""
+        torch = self.torch
+        F = torch.nn.functional
+        net = self.net
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if x.shape[1] < self.SEQ_LEN:
+            x = F.pad(x, (0, self.SEQ_LEN - x.shape[1]))
+        x = x[:, : self.SEQ_LEN]
+        with torch.inference_mode():
+            x = x / (x.abs().max(dim=1, keepdim=True).values + 1e-8)
+            x = F.pad(x, (80, 80), mode="reflect")
+            spec = torch.stft(x, n_fft=320, hop_length=160, win_length=320, center=False, return_complex=True,
+                              window=torch.hann_window(320))
+            ri = torch.view_as_real(spec)
+            mag = (ri**2).sum(-1, keepdim=True).sqrt()
+            comp = (mag.clamp_min(1e-12) ** 0.3 * ri / mag.clamp_min(1e-12)).permute(0, 3, 1, 2)
+            feat = torch.flatten(net.cnn.cnn(comp), 1, -2).permute(0, 2, 1)  # (B, 384, 1024)
+            t = net.transformer_pool_attn
+            h = t.norm_input(feat.transpose(-1, -2)).transpose(-1, -2)
+            h = t.transformer.norm(h.transpose(-1, -2)).transpose(-1, -2)
+            h = t.transformer.linear_proj(h) + t.transformer.position_encoding.pe
+            h = t.transformer.transformer_encoder(h)
+            h = t.norm_trans(h.transpose(-1, -2)).transpose(-1, -2)
+            att = F.softmax(t.pool.linear2(F.relu(t.pool.linear1(h))).transpose(2, 1), dim=2)
+            q = torch.sigmoid(t.pool.linear3(torch.bmm(att, h).squeeze(1))).squeeze(-1)
+        return (1 + 4 * q).numpy().astype(np.float64)
+
+
+class DistillMOSTeacher:
+    """distillmos v7 utterance MOS (trained on real speech), same interface as :class:`DNSMOSTeacher`."""
+
+    name = "distillmos-v7"
+
+    def __init__(self, cache: "TeacherCache | None" = None) -> None:
+        self.net = _DistillMOSNet()
+        self.cache = cache or TeacherCache()
+
+    def score(self, x: np.ndarray, key: str | None = None) -> float:
+        """Utterance MOS of one clip (<= 7.68 s is one window; longer clips use their first window)."""
+        if key is not None and key in self.cache:
+            return self.cache[key]
+        x = np.asarray(x, dtype=np.float32)
+        mos = 1.0 if x.size == 0 or not np.any(x) else float(self.net(x[None, :])[0])
+        if key is not None:
+            self.cache[key] = mos
+        return mos
+
+    def score_batch(self, clips: list[np.ndarray]) -> list[float]:
+        """Scores of several equal-length clips in one forward pass."""
+        return [float(v) for v in self.net(np.stack(clips))]
+
+
+def make_teacher(name: str = "dnsmos", cache: "TeacherCache | None" = None) -> "DNSMOSTeacher | DistillMOSTeacher":
+    """'dnsmos' (DNSMOS P.835 OVRL, ONNX) or 'distillmos' (distillmos v7 rebuilt in torch)."""
+    if name == "dnsmos":
+        return DNSMOSTeacher(cache)
+    if name == "distillmos":
+        return DistillMOSTeacher(cache)
+    raise ModelError(f"unknown teacher {name!r}", "use 'dnsmos' or 'distillmos'")
+
+
 class TeacherCache(dict):
     """A ``dict`` of key -> MOS that can load from and append to a JSON-lines file."""
 
