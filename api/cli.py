@@ -33,7 +33,10 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning :class:`DegsearchError` into a one-line error and exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`.
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
     except DegsearchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)  # one line
         sys.exit(exc.exit_code)

@@ -437,3 +437,115 @@ def ix_derive(settings, **changes):
 
 
 # ==== END audio fixtures ====
+
+
+# ==== BEGIN store fixtures (issue 2, store engineer: tests/test_store*.py, test_vectors.py, test_migrations.py) ====
+# Stores built from small synthetic RecordingResults with random L2-normalised vectors (no model
+# needed); ``store_settings`` is SQLite in tmp_path, ``postgres_settings`` a fresh PostgreSQL
+# database per test when a server is reachable (DEGSEARCH_TEST_POSTGRES_URL, else
+# postgresql://postgres@localhost/), skipped with the reason otherwise.
+import os as _store_os
+import uuid as _store_uuid
+
+import numpy as _store_np
+import pytest as _store_pytest
+
+STORE_DIM = 16
+STORE_MODEL_ID = "test-model-store"
+
+
+def store_recording(path: str, n_segments: int = 3, *, dim: int = STORE_DIM, seed: int = 0,
+                    model_id: str = STORE_MODEL_ID, content_hash: str | None = None):
+    """A RecordingResult for ``path`` with ``n_segments`` segments of random unit vectors."""
+    from indexer.records import DetectedSegment, RecordingResult
+
+    rng = _store_np.random.default_rng(seed)
+    segments = []
+    for j in range(n_segments):
+        v = rng.standard_normal(dim).astype(_store_np.float32)
+        segments.append(DetectedSegment(channel=j % 2, start_s=0.5 * j, end_s=0.5 * j + 0.4, n_frames=20,
+                                        embedding=v / _store_np.linalg.norm(v), mos=2.0 + 0.1 * j, score=0.4))
+    return RecordingResult(path=path, content_hash=content_hash or f"hash-{path}-{seed}", duration_s=10.0,
+                           sample_rate=8000, channels=2, model_id=model_id, segments=segments, analysed_s=20.0,
+                           degraded_s=0.4 * n_segments, mean_mos=3.2, attributes={"seed": seed})
+
+
+def fill_store(store, n_recordings: int, n_segments: int = 3, *, dim: int = STORE_DIM, seed: int = 0) -> list[int]:
+    """Write ``n_recordings`` synthetic recordings through the store; returns their recording ids."""
+    store.ensure_model(STORE_MODEL_ID, "test", 50.0, dim, 0.3, {})
+    run_id = store.start_run(STORE_MODEL_ID, {"test": True})
+    ids = [store.write_recording(store_recording(f"/archive/call_{i:04d}.wav", n_segments, dim=dim, seed=seed + i), run_id)
+           for i in range(n_recordings)]
+    store.finish_run(run_id, status="done", files_indexed=n_recordings, files_skipped=0, files_failed=0,
+                     audio_seconds=10.0 * n_recordings, wall_seconds=0.1)
+    return ids
+
+
+def store_invariants(settings) -> dict:
+    """Counts that must hold for any store: segments without a vector, orphan vectors, FAISS == DB."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            segments = conn.execute(text("SELECT count(*) FROM segments")).scalar_one()
+            vectors = conn.execute(text("SELECT count(*) FROM segment_vectors")).scalar_one()
+            no_vector = conn.execute(text(
+                "SELECT count(*) FROM segments s LEFT JOIN segment_vectors v ON v.segment_id = s.id "
+                "WHERE v.segment_id IS NULL")).scalar_one()
+            orphans = conn.execute(text(
+                "SELECT count(*) FROM segment_vectors v LEFT JOIN segments s ON s.id = v.segment_id "
+                "WHERE s.id IS NULL")).scalar_one()
+            per_segment = conn.execute(text(
+                "SELECT max(c) FROM (SELECT count(*) AS c FROM segment_vectors GROUP BY segment_id) t")).scalar()
+    finally:
+        engine.dispose()
+    return {"segments": segments, "vectors": vectors, "no_vector": no_vector, "orphans": orphans,
+            "max_vectors_per_segment": per_segment or 0}
+
+
+@_store_pytest.fixture
+def store_settings(tmp_path):
+    """Settings for a fresh SQLite store in tmp_path (the directory does not exist yet)."""
+    from indexer.settings import get_settings
+
+    return get_settings(store_dir=tmp_path / "store")
+
+
+def _postgres_admin_url() -> str:
+    return _store_os.environ.get("DEGSEARCH_TEST_POSTGRES_URL") or "postgresql://postgres@localhost/postgres"
+
+
+@_store_pytest.fixture
+def postgres_settings(tmp_path):
+    """Settings for a fresh PostgreSQL database (dropped afterwards), or skip saying why."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from indexer.settings import get_settings
+
+    admin_url = make_url(_postgres_admin_url())
+    if admin_url.get_backend_name() != "postgresql":
+        _store_pytest.skip(f"DEGSEARCH_TEST_POSTGRES_URL is not a PostgreSQL URL: {admin_url!r}")
+    if not admin_url.database:
+        admin_url = admin_url.set(database="postgres")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server means skip
+        admin.dispose()
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        _store_pytest.skip(f"no PostgreSQL server reachable at {admin_url.render_as_string(hide_password=True)} "
+                           f"(set DEGSEARCH_TEST_POSTGRES_URL): {reason}")
+    name = f"degsearch_test_{_store_uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield get_settings(store_dir=tmp_path / "store", database_url=url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+# ==== END store fixtures ====
