@@ -124,7 +124,7 @@ class _Resampler:
             return block
         if self._stream is not None:
             out = self._stream.resample_chunk(np.ascontiguousarray(block.T), last=last)
-            return np.ascontiguousarray(out.T, dtype=np.float32)
+            return out.T  # (C, n) view; callers copy it into their chunk buffers
         # scipy fallback: not streaming-exact, so resample the whole signal at the end (the
         # fallback only matters for tiny installs; soxr is a declared dependency).
         self._pending.append(block)
@@ -233,7 +233,7 @@ class AudioStream:
                     data = fh.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                     if data.shape[0] == 0:
                         return
-                    yield np.ascontiguousarray(data.T)
+                    yield data.T  # a (C, n) view: the resampler wants (n, C) back, so no copy here
         except sf.LibsndfileError as exc:
             raise AudioDecodeError(self.path, f"decode failed: {exc}", "the file is corrupt or truncated; re-export it") from exc
         except (RuntimeError, ValueError) as exc:
@@ -284,8 +284,8 @@ class AudioStream:
         times = timings if timings is not None else {}
         times.setdefault("decode", 0.0)
         times.setdefault("resample", 0.0)
-        buf: list[np.ndarray] = []
-        buf_n = 0
+        buf = np.empty((self.channels, chunk_n), np.float32)
+        fill = 0
         emitted = 0
         source = self.blocks()
         while True:
@@ -293,29 +293,26 @@ class AudioStream:
             block = next(source, None)
             t1 = time.perf_counter()
             times["decode"] += t1 - t0
-            if block is None:
-                break
-            out = resample(block)
+            last = block is None
+            out = resample(np.zeros((self.channels, 0), np.float32) if last else block, last=last)
             times["resample"] += time.perf_counter() - t1
-            if out.shape[1]:
-                buf.append(out)
-                buf_n += out.shape[1]
-            while buf_n >= chunk_n:
-                joined = np.concatenate(buf, axis=1)
-                yield emitted / target_sr, joined[:, :chunk_n]
-                emitted += chunk_n
-                rest = joined[:, chunk_n:]
-                buf, buf_n = ([rest], rest.shape[1]) if rest.shape[1] else ([], 0)
-        t1 = time.perf_counter()
-        tail = resample(np.zeros((self.channels, 0), np.float32), last=True)
-        times["resample"] += time.perf_counter() - t1
-        if tail.shape[1]:
-            buf.append(tail)
-            buf_n += tail.shape[1]
-        if emitted == 0 and buf_n == 0:
+            pos = 0
+            while pos < out.shape[1]:
+                take = min(chunk_n - fill, out.shape[1] - pos)
+                buf[:, fill:fill + take] = out[:, pos:pos + take]
+                fill += take
+                pos += take
+                if fill == chunk_n:
+                    yield emitted / target_sr, buf
+                    emitted += chunk_n
+                    buf = np.empty((self.channels, chunk_n), np.float32)
+                    fill = 0
+            if last:
+                break
+        if emitted == 0 and fill == 0:
             raise AudioDecodeError(self.path, "contains no audio samples (zero length)", "re-export or re-copy the recording")
-        if buf_n:
-            yield emitted / target_sr, np.concatenate(buf, axis=1)
+        if fill:
+            yield emitted / target_sr, buf[:, :fill]
 
 
 def _import_av(path: Path) -> Any:
