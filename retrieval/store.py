@@ -226,14 +226,21 @@ def upgrade_database(settings: Settings) -> str:
     url = settings.resolved_database_url
     validate_database_url(url)
     ensure_store_dir(settings.store_dir)
-    lock = WriterLock(settings.store_dir).acquire()
     engine = make_engine(url)
+    lock: WriterLock | None = None
     try:
+        try:
+            with engine.connect() as conn:
+                database_revision(conn)  # a newer database is refused before the lock file is touched
+        except OperationalError as exc:
+            raise _db_unusable(url, exc) from exc
+        lock = WriterLock(settings.store_dir).acquire()
         _upgrade(engine, url)
         return head_revision()
     finally:
         engine.dispose()
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _upgrade(engine: Engine, url: str) -> None:
@@ -528,8 +535,7 @@ class Store:
         return None if row is None else (row[0], row[1], row[2])
 
     def _store_dim(self, session: Session) -> int | None:
-        if self._vectors is not None:
-            return self._vectors.dim
+        """Dimension of the stored vectors (None: empty store, the next recording sets it)."""
         return self._db_dim(session)
 
     def write_recording(self, result: RecordingResult, run_id: int | None = None) -> int:
@@ -539,6 +545,10 @@ class Store:
         """
         self._require_writer()
         vecs = _segment_matrix(result)
+        if vecs.shape[0] and (self._vectors is None or (self._vectors.ntotal == 0 and self._vectors.dim != vecs.shape[1])):
+            # First vectors of the store: build the index now so a factory that cannot work for
+            # this dimension fails (ConfigError) before anything is committed.
+            self._vectors = VectorIndex(vecs.shape[1], self._effective_factory(self._state_row()))
         with self.write_session() as session:
             dim = self._store_dim(session)
             if vecs.shape[0] and dim is not None and vecs.shape[1] != dim:

@@ -59,7 +59,8 @@ def make_faiss_index(dim: int, factory: str):
     try:
         index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        first = text.split("failed: ", 1)[-1]  # drop FAISS's C++ location prefix
         raise ConfigError(
             f"FAISS factory {factory!r} cannot index {dim}-dimensional vectors ({first})",
             "choose a factory that fits the dimension, e.g. --faiss-factory Flat, HNSW32, or IVF<n>,PQ<m> with "
