@@ -242,11 +242,14 @@ def _embed_chunk(model: FrameModel, chunk: np.ndarray, batch_frames: int) -> lis
         outs.extend(model.embed_batch(signals[a:a + per_batch]))
     trimmed = []
     for out in outs:
-        if len(out) < want - 1:
+        if len(out) < want - 1 or len(out) == 0:
             raise ModelError(f"the model returned {len(out)} frames for {n} samples (expected {want})",
                              "the checkpoint's frame rate does not match its encoder; rebuild it")
-        k = min(want, len(out))
-        trimmed.append(FrameOutput(embeddings=out.embeddings[:k], mos=np.asarray(out.mos)[:k], hop_s=1.0 / model.frame_rate))
+        emb, mos = out.embeddings[:want], np.asarray(out.mos)[:want]
+        if len(emb) < want:  # an encoder that drops a partial last frame: repeat it so chunks still tile
+            emb = np.concatenate([emb, np.repeat(emb[-1:], want - len(emb), axis=0)])
+            mos = np.concatenate([mos, np.repeat(mos[-1:], want - len(mos))])
+        trimmed.append(FrameOutput(embeddings=emb, mos=mos, hop_s=1.0 / model.frame_rate))
     return trimmed
 
 
