@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from indexer.errors import ConfigError, NotFoundError, StoreError
@@ -50,7 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("degsearch.store")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def _migrations_dir() -> Path:
+    """``migrations/`` of this installation (a package next to ``retrieval/``, source tree or wheel)."""
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+MIGRATIONS_DIR = _migrations_dir()
 LOCK_NAME = "degsearch.lock"
 # Rows per IN (...) / per chunk when reading vectors: under every backend's parameter limit.
 _CHUNK = 5000
@@ -221,6 +228,22 @@ class WriterLock:
                 self._fd = None
 
 
+def writer_active(store_dir: Path) -> bool:
+    """True when another process holds the writer lock (checked without creating or writing anything)."""
+    path = store_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock if we got it
+    return False
+
+
 def upgrade_database(settings: Settings) -> str:
     """Migrate the settings' database to head under the writer lock; returns the revision."""
     url = settings.resolved_database_url
@@ -232,7 +255,7 @@ def upgrade_database(settings: Settings) -> str:
         try:
             with engine.connect() as conn:
                 database_revision(conn)  # a newer database is refused before the lock file is touched
-        except OperationalError as exc:
+        except DBAPIError as exc:  # unreachable server, not a database file, ...
             raise _db_unusable(url, exc) from exc
         lock = WriterLock(settings.store_dir).acquire()
         _upgrade(engine, url)
@@ -255,7 +278,7 @@ def _upgrade(engine: Engine, url: str) -> None:
             log.info("upgrading database %s from %s to %s", _masked(url), current or "empty", head_revision())
             command.upgrade(alembic_config(conn), "head")
             conn.commit()
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable server, not a database file, ...
         raise _db_unusable(url, exc) from exc
 
 
@@ -284,6 +307,7 @@ class StoreReport:
     factory: str
     consistent: bool
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,7 +357,7 @@ class Store:
             try:
                 with engine.connect() as conn:
                     current = database_revision(conn)  # raises before anything is modified
-            except OperationalError as exc:
+            except DBAPIError as exc:  # unreachable server, not a database file, ...
                 raise _db_unusable(url, exc) from exc
             if readonly:
                 if current != head_revision():
@@ -817,6 +841,7 @@ class Store:
         """Compare the database, the FAISS file on disk and the in-memory index; list problems with fixes."""
         url = self.settings.resolved_database_url
         problems: list[str] = []
+        notes: list[str] = []
         with self.session() as session:
             revision = database_revision(session.connection())
             state = self._state(session)
@@ -858,7 +883,11 @@ class Store:
                     file_status = f"holds {loaded.ntotal} vectors, database {db_ids.size} (ids differ)"
             except IndexFileError as exc:
                 file_status = exc.message
-            if file_status != "ok":
+            lagging = file_status.startswith(("generation", "holds"))
+            if file_status != "ok" and lagging and self._lock is None and writer_active(self.settings.store_dir):
+                # A running writer persists FAISS every ~30 s and at its end: a lag is expected.
+                notes.append(f"FAISS file: {file_status} (a writer is running; it persists the file periodically)")
+            elif file_status != "ok":
                 problems.append(f"FAISS file: {file_status}: {fix_rebuild}")
         mem_count = 0 if self._vectors is None else self._vectors.ntotal
         if mem_count != db_ids.size:
@@ -869,7 +898,7 @@ class Store:
             dims=dims, faiss_file=str(path), faiss_file_status=file_status, faiss_file_count=file_count,
             faiss_file_generation=file_generation, faiss_count=mem_count, generation=int(generation),
             factory=self._vectors.kind if self._vectors is not None else self._effective_factory(state),
-            consistent=not problems, problems=problems)
+            consistent=not problems, problems=problems, notes=notes)
 
     # --- closing -------------------------------------------------------------------------------
     def close(self) -> None:

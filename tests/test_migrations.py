@@ -156,3 +156,26 @@ def test_readonly_open_of_a_missing_store_says_how_to_create_it(tmp_path):
         Store.open(get_settings(store_dir=tmp_path / "none"), readonly=True)
     assert "degsearch index" in info.value.fix
     assert not (tmp_path / "none").exists()
+
+
+def test_unreachable_database_or_non_database_file_is_a_store_error(tmp_path):
+    unreachable = get_settings(store_dir=tmp_path / "pg", database_url="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot use database") as info:
+        Store.open(unreachable)
+    assert "--database-url" in info.value.fix
+    store_dir = tmp_path / "junk"
+    store_dir.mkdir()
+    (store_dir / "degsearch.db").write_bytes(b"this is not a database" * 100)
+    before = _snapshot(store_dir)
+    _assert_one_line_error(_cli("db", "check", "--store-dir", str(store_dir)), StoreError.exit_code, "cannot use database")
+    _assert_one_line_error(_cli("db", "upgrade", "--store-dir", str(store_dir)), StoreError.exit_code, "cannot use database")
+    assert _snapshot(store_dir) == before
+
+
+def test_readonly_open_of_an_unmigrated_database_asks_for_db_upgrade(tmp_path):
+    settings = get_settings(store_dir=tmp_path / "s")
+    settings.store_dir.mkdir()
+    create_engine(settings.resolved_database_url).connect().close()  # an empty SQLite file
+    with pytest.raises(StoreError, match="schema revision none") as info:
+        Store.open(settings, readonly=True)
+    assert "db upgrade" in info.value.fix

@@ -77,6 +77,8 @@ def print_report(report: StoreReport, console: Any = None) -> None:
     console.print(table)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}", highlight=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
