@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SWEEPS = {"HNSW": ("efSearch", [16, 32, 48, 64, 96, 128, 192, 256]), "IVF": ("nprobe", [8, 16, 32, 64, 128, 256, 512])}
+SWEEPS = {"HNSW": ("efSearch", [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024]), "IVF": ("nprobe", [8, 16, 32, 64, 128, 256, 512])}
 
 
 def make_vectors(n: int, dim: int, data: str, seed: int) -> np.ndarray:
@@ -99,9 +100,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         exact = exact + 1  # ids are 1-based in the benchmark indexes
         del exact_index
         for factory in args.factories:
+            faiss.omp_set_num_threads(args.build_threads)
             t0 = time.perf_counter()
             index = build(factory, vectors)
             build_s = time.perf_counter() - t0
+            faiss.omp_set_num_threads(args.threads)
             kind = next((key for key in SWEEPS if factory.upper().startswith(key)), None)
             settings: list[tuple[str | None, int | None]] = [(None, None)]
             if kind and not index.fallback:  # a fallback is the exact flat index standing in until trained
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads per query (1: what one API worker gets).")
+    parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1, help="FAISS threads while building.")
     parser.add_argument("--data", choices=["random", "clustered"], default="random")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
