@@ -91,7 +91,7 @@ class Metrics:
             registry=self.registry,
         )
         self.index_size = Gauge(
-            "degsearch_index_segments", "Segment vectors in the search index.", registry=self.registry
+            "degsearch_index_segments", "Stored segments (searchable vectors).", registry=self.registry
         )
         self.store_reloads = Counter(
             "degsearch_store_reloads_total",
@@ -204,6 +204,13 @@ class AppState:
                     except ModelError as exc:
                         raise ServiceUnavailableError(f"model {self.settings.model!r} cannot be loaded: {exc.message}", exc.fix) from exc
         return self._model
+
+    def model_if_available(self) -> FrameModel | None:
+        """The model, or None when it cannot be loaded (for queries that only prefer it)."""
+        try:
+            return self.model()
+        except ServiceUnavailableError:
+            return None
 
     def close(self) -> None:
         """Close the store (called once at shutdown)."""

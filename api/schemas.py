@@ -289,7 +289,7 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok", "degraded"]
     store_open: bool
-    segments: int | None = Field(None, description="Vectors in the search index, when the store is open.")
+    segments: int | None = Field(None, description="Stored segments, when the store is open.")
     generation: int | None = None
     model_loaded: bool
     detail: str | None = Field(None, description="Why the service is degraded.")

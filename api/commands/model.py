@@ -62,6 +62,7 @@ def _register_build_shards(app: typer.Typer) -> None:
         clip_s: Annotated[float, typer.Option(help="Clip length in seconds.")] = 4.0,
         shard_size: Annotated[int, typer.Option(help="Examples per shard file.")] = 500,
         workers: Annotated[int, typer.Option(help="1 = main process only, 2 = main + one worker process.")] = 1,
+        teacher: Annotated[str, typer.Option(help="MOS teacher for the pseudo-targets: 'distillmos' or 'dnsmos'.")] = "distillmos",
     ) -> None:
         """Build partial mix-up shards (audio, 50 Hz frame labels, frame/utterance MOS targets)."""
         from rich.console import Console
@@ -70,7 +71,7 @@ def _register_build_shards(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         info = build_shards(data_dir, out_dir, n, seed=seed, split=split, clip_s=clip_s, catalog=catalog,
-                            shard_size=shard_size, workers=workers, log=console.print)
+                            shard_size=shard_size, workers=workers, teacher=teacher, log=console.print)
         console.print(f"{out_dir}: {info['n_examples']} examples in {info['shards']} shards, {info['classes']} classes, "
                       f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
 

@@ -13,15 +13,21 @@ router = APIRouter(tags=["operations"])
 
 
 def _index_state(state: AppState) -> tuple[int | None, int | None]:
-    """(vectors in the index, generation) from the store's single IndexState row, or Nones."""
-    from retrieval.models import IndexState
+    """(stored segments, FAISS generation), or Nones while the store is not open.
+
+    Segments are counted in the database (the truth, also while a writer has not persisted FAISS yet).
+    """
+    from sqlalchemy import func, select
+
+    from retrieval.models import IndexState, Segment
 
     store = state.try_open_store()
     if store is None:
         return None, None
     with store.session() as session:
-        row = session.get(IndexState, 1)
-        return (row.count, row.generation) if row is not None else (0, 0)
+        count = session.scalar(select(func.count()).select_from(Segment)) or 0
+        generation = session.scalar(select(IndexState.generation).where(IndexState.id == 1)) or 0
+        return int(count), int(generation)
 
 
 @router.get(

@@ -35,7 +35,7 @@ def search_json(body: SearchRequest, state: StateDep) -> SearchResponse:
     kind = "segment" if body.segment_id is not None else "prototype" if body.prototype is not None else "vector"
     state.metrics.queries.labels(kind).inc()
     # Only prototype lookups use the model (to prefer its own prototypes); ids and vectors do not load it.
-    model = state.model() if kind == "prototype" else None
+    model = state.model_if_available() if kind == "prototype" else None
     query = resolve_query(store, model, segment_id=body.segment_id, prototype=body.prototype, vector=body.vector)
     filters = body.filters.to_library() if body.filters else None
     hits = search(store, query, body.k, filters, exact=body.exact)
