@@ -256,10 +256,11 @@ def plot_map(store: Store, path: str | Path, *, max_points: int = 3000, seed: in
               random_state=seed).fit_transform(vectors)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    cmap = plt.get_cmap("tab20")
-    for j, name in enumerate(sorted(set(colours))):
+    names = sorted(set(colours))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")  # tab20 pairs look alike; avoid when few
+    for j, name in enumerate(names):
         mask = np.array([c == name for c in colours])
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=6, color=cmap(j % 20), label=f"{name} ({mask.sum()})")
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=6, color=cmap(j % cmap.N), label=f"{name} ({mask.sum()})")
     ax.legend(fontsize=7, markerscale=2, loc="best")
     ax.set_title(title)
     ax.set_xticks([])

@@ -85,9 +85,12 @@ def _query(store: Any, settings: Any, clips: list[Path] | None, like_segment: in
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # Piped output (logs, files) gets a wide page so paths and labels are not cut.
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
@@ -105,12 +108,13 @@ def _print_hits(hits: list[Any], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col, justify in (("#", "right"), ("sim", "right"), ("segment", "right"), ("recording", "left"), ("ch", "right"),
-                         ("start-end (s)", "right"), ("MOS", "right"), ("label", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for col, justify in (("#", "right"), ("sim", "right"), ("segment", "right"), ("ch", "right"), ("start", "right"),
+                         ("end", "right"), ("MOS", "right"), ("label (score)", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("recording", overflow="fold")
     for rank, h in enumerate(hits, start=1):
-        table.add_row(str(rank), _fmt(h.similarity, ".3f"), str(h.segment_id), h.path, str(h.channel),
-                      f"{h.start_s:.2f}-{h.end_s:.2f}", _fmt(h.mos), f"{h.label or '-'} ({_fmt(h.label_score)})")
+        table.add_row(str(rank), _fmt(h.similarity, ".3f"), str(h.segment_id), str(h.channel), f"{h.start_s:.2f}",
+                      f"{h.end_s:.2f}", _fmt(h.mos), f"{h.label or '-'} ({_fmt(h.label_score)})", h.path)
     _console().print(table)
 
 
@@ -359,14 +363,14 @@ def _print_stats(df: Any, by: str | None, group: str) -> None:
     caption = (f"{totals.get('recordings', 0)} recordings, {totals.get('analysed_s', 0.0) / 60:.1f} min analysed, "
                f"{totals.get('segments', 0)} segments, {totals.get('degraded_s', 0.0) / 60:.1f} min degraded")
     table = Table(title=f"degradations per {group}" + (f" by {by}" if by else ""), caption=caption, title_justify="left")
-    cols = ([by] if by else []) + [group, "segments", "degraded (s)", "share", "recordings", "mean MOS", "MOS p10/p50/p90"]
+    cols = ([by] if by else []) + [group, "segments", "degraded s", "share", "recordings", "MOS", "p10", "p50", "p90"]
     for col in cols:
-        table.add_column(col, justify="left" if col in (by, group) else "right")
+        table.add_column(col, justify="left" if col in (by, group) else "right", no_wrap=True)
     for row in df.to_dict(orient="records"):
+        share = row["share"]
         cells = ([str(row[by])] if by else []) + [
-            str(row[group]), str(row["segments"]), f"{row['degraded_s']:.1f}", f"{100 * row['share']:.2f}%" if row["share"] == row["share"] else "-",
-            str(row["recordings"]), _fmt(row["mean_mos"]),
-            "/".join(_fmt(row[c], ".2f") for c in ("p10_mos", "p50_mos", "p90_mos")),
+            str(row[group]), str(row["segments"]), f"{row['degraded_s']:.1f}", f"{100 * share:.2f}%" if share == share else "-",
+            str(row["recordings"]), _fmt(row["mean_mos"]), _fmt(row["p10_mos"]), _fmt(row["p50_mos"]), _fmt(row["p90_mos"]),
         ]
         table.add_row(*cells)
     _console().print(table)
