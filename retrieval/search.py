@@ -336,18 +336,20 @@ def search(
         if ids.size == 0:
             return []
         hit_ids, sims = store.search_vectors(q, min(k, ids.size), ids)
-    else:
-        total = _segment_count(store)
-        if total == 0:
+    elif exact:
+        ids = filter_segment_ids(store, None)
+        if ids.size == 0:
             return []
-        want = min(k, total)
-        if exact:
-            hit_ids, sims = store.search_vectors(q, want, filter_segment_ids(store, None))
-        else:
-            hit_ids, sims = store.search_vectors(q, want, None)
-            if len(hit_ids) < want:
-                # An approximate index may come back short (HNSW/IVF); the exact path never does.
-                hit_ids, sims = store.search_vectors(q, want, filter_segment_ids(store, None))
+        hit_ids, sims = store.search_vectors(q, min(k, ids.size), ids)
+    else:
+        hit_ids, sims = store.search_vectors(q, k, None)
+        if len(hit_ids) < k:
+            # Short: either the store holds fewer than k segments, or an approximate index (HNSW/IVF)
+            # came back short; only then count, and fall back to the exact path if needed.
+            total = _segment_count(store)
+            if len(hit_ids) < min(k, total):
+                ids = filter_segment_ids(store, None)
+                hit_ids, sims = store.search_vectors(q, min(k, ids.size), ids)
     return hydrate_hits(store, hit_ids, sims)
 
 
