@@ -5,7 +5,8 @@
 
 - ``audio``        (N, 64000) float32, 16 kHz, 4 s clips
 - ``frame_labels`` (N, 200) int16, 50 Hz (hop 20 ms), 0 = clean, else the index in ``classes.json``
-- ``frame_mos``    (N, 200) float32, eq. 4 pseudo-targets from the DNSMOS teacher
+- ``frame_mos``    (N, 200) float32, eq. 4 pseudo-targets from the MOS teacher (distillmos by
+                   default, DNSMOS with ``teacher='dnsmos'``; see :mod:`indexer.training.teacher`)
 - ``utt_mos``      (N,) float32, mean of ``frame_mos``
 - ``narrowband``   (N,) bool, the clean speech was drawn through the telephone channel
 - ``real``         (N,) bool, real human speech (False: TTS)
@@ -17,7 +18,8 @@ and ``info.json`` (arguments, counts). Finished shards are kept, so an interrupt
 Clean speech: ``split='train'`` draws manifest rows with split=train (60 % real human speech, 40 %
 TTS); ``split='heldout'`` draws only held-out real speakers (validation/benchmarks). Half the
 wideband clips, and every natively 8 kHz one, go through the telephone channel (300-3400 Hz
-band-pass, 8 kHz, G.711 at a normal level half the time) and stay CLEAN. ``p_clean`` of the
+band-pass, 8 kHz, G.711 at a normal level half the time) and stay CLEAN. Speaker groups are
+drawn with probability proportional to the square root of their size. ``p_clean`` of the
 examples are left fully clean. ``catalog='heldout'`` degrades with the held-out catalog (other
 implementations and ranges, :mod:`indexer.training.heldout`) and its held-out noise/room pools.
 
@@ -83,7 +85,7 @@ class ExampleMaker:
 
     def __init__(self, data_dir: str | Path, split: str, catalog: str, clip_s: float = 4.0,
                  p_clean: float = 0.1, p_narrowband: float = 0.5, p_real: float = 0.6,
-                 cache_path: str | Path | None = None, teacher: str = "dnsmos") -> None:
+                 cache_path: str | Path | None = None, teacher: str = "distillmos") -> None:
         self.data_dir = Path(data_dir)
         rows = [r for r in load_manifest(self.data_dir) if r["split"] == split]
         if split == "heldout":
@@ -96,6 +98,14 @@ class ExampleMaker:
         self.by_group: dict[str, list[dict]] = {}
         for r in rows:
             self.by_group.setdefault(r["group"], []).append(r)
+        # Groups are drawn with probability ~ sqrt(size): one large voice (an Asterisk language,
+        # 190 utterances) does not swamp the 3-utterance folders, which still are not over-weighted.
+        self._group_weights: dict[int, tuple[list[str], np.ndarray]] = {}
+        for pool in (self.real, self.tts):
+            sizes = Counter(r["group"] for r in pool)
+            names = sorted(sizes)
+            w = np.sqrt(np.array([sizes[g] for g in names], dtype=np.float64))
+            self._group_weights[id(pool)] = (names, w / w.sum() if w.size else w)
         # Held-out catalog mixes held-out noises/rooms/babble; training catalog the training ones.
         self.resources = Resources.from_data_dir(self.data_dir, "heldout" if catalog == "heldout" else "train")
         self.catalog = load_catalog(catalog, self.resources)
@@ -111,7 +121,10 @@ class ExampleMaker:
     def clean_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, dict, bool]:
         """A clip of ``clip_s`` seconds from one group (utterances of that group appended if short)."""
         pool = self.real if (self.real and (not self.tts or rng.random() < self.p_real)) else self.tts
-        row = pool[int(rng.integers(len(pool)))]
+        groups, weights = self._group_weights[id(pool)]
+        group_name = groups[int(rng.choice(len(groups), p=weights))]
+        rows = [r for r in self.by_group[group_name] if r["source"] == pool[0]["source"]]
+        row = rows[int(rng.integers(len(rows)))]
         x = self._read(row)
         group = self.by_group[row["group"]]
         while x.size < self.n:
@@ -192,7 +205,7 @@ def _build_one_shard(args: tuple[str, int, int, int]) -> str:
 
 def build_shards(data_dir: str | Path, out_dir: str | Path, n_examples: int, seed: int = 0, split: str = "train",
                  clip_s: float = 4.0, *, catalog: str = "train", shard_size: int = 500, workers: int = 1,
-                 p_clean: float = 0.1, p_narrowband: float = 0.5, teacher: str = "dnsmos", log=print) -> dict:
+                 p_clean: float = 0.1, p_narrowband: float = 0.5, teacher: str = "distillmos", log=print) -> dict:
     """Write ``ceil(n_examples / shard_size)`` shards to ``out_dir``; returns a summary dict.
 
     ``workers``: 1 = main process only; 2 = main process plus one worker process (the maximum).

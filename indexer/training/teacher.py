@@ -1,11 +1,20 @@
 """MOS teacher for the partial mix-up pseudo-targets (paper 003, eq. 3-4).
 
-Teacher used: **DNSMOS P.835** (overall quality, OVRL) from the ``speechmos`` package's ONNX file
-``dnsmos_models/sig_bak_ovr.onnx``, run directly with onnxruntime on one thread (the package's
-own wrapper also runs the P.808 model through librosa, which we do not need). It is fast (~20-40
-ms per 4 s clip) and fully offline. The full distillmos model is not used as teacher: its
-package imports torchaudio (not installable next to torch 2.13) and its transformer needs
-7.68 s windows, which would cost several times more per example than this data budget allows.
+Teachers (``make_teacher(name)``), both offline and fast:
+
+- **distillmos v7** (default, ``'distillmos'``): the issue's preferred teacher, a MOS model trained
+  on real human speech. ``distillmos.sqa`` imports torchaudio at load (not installable beside
+  torch 2.13), so the network is rebuilt here from the package source and loaded from the
+  wheel's ``weights/distill_mos_v7.pt``; torchaudio is never imported. Its 7.68 s window is
+  zero-padded for short clips, as the package does; the conv front end runs only on the clip
+  plus 0.2 s (the padded tail's features are taken from a cached all-zero pass: bit-identical
+  output), ~0.12 s per 4 s clip on one thread.
+- **DNSMOS P.835** OVRL (``'dnsmos'``) from the ``speechmos`` package's ONNX file
+  ``dnsmos_models/sig_bak_ovr.onnx``, run directly with onnxruntime (the package's wrapper
+  also runs the P.808 model through librosa, which is not needed): ~0.16 s per clip. The
+  first training set (``data/shards/train``) used it. On 60 training examples the two agreed
+  moderately (Spearman 0.41 on degraded scores); DNSMOS missed narrowband codecs (GSM, AMR-NB,
+  codec2, MP3 scored as clean or better) that distillmos marks down (deg < ref in 77 % vs 72 %).
 
 Eq. 3-4: with the frame mask m_l (1 inside degraded regions), the utterance scores of the clean
 clip q_ref and of the fully degraded clip q_deg give per-frame targets
@@ -139,6 +148,22 @@ class _DistillMOSNet:
         net.eval()
         self.net = net
         self.torch = torch
+        with torch.inference_mode():
+            self._zero_feat = self._cnn(torch.zeros(1, self.SEQ_LEN))
+
+    _MARGIN = 3200  # 0.2 s of zeros after the clip: covers the CNN's temporal receptive field
+
+    def _cnn(self, x):
+        """Compressed complex STFT + conv front end: (B, n) -> (B, n / 320, 1024)."""
+        torch = self.torch
+        F = torch.nn.functional
+        x = F.pad(x, (80, 80), mode="reflect")
+        spec = torch.stft(x, n_fft=320, hop_length=160, win_length=320, center=False, return_complex=True,
+                          window=torch.hann_window(320))
+        ri = torch.view_as_real(spec)
+        mag = (ri**2).sum(-1, keepdim=True).sqrt()
+        comp = (mag.clamp_min(1e-12) ** 0.3 * ri / mag.clamp_min(1e-12)).permute(0, 3, 1, 2)
+        return torch.flatten(self.net.cnn.cnn(comp), 1, -2).permute(0, 2, 1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(B, n) float32 at 16 kHz, n <= 122880 -> MOS (B,) in 1..5."""
@@ -146,18 +171,21 @@ class _DistillMOSNet:
         F = torch.nn.functional
         net = self.net
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        n_valid = -(-min(x.shape[1], self.SEQ_LEN) // 320) * 320  # whole 20 ms steps
         if x.shape[1] < self.SEQ_LEN:
             x = F.pad(x, (0, self.SEQ_LEN - x.shape[1]))
         x = x[:, : self.SEQ_LEN]
         with torch.inference_mode():
             x = x / (x.abs().max(dim=1, keepdim=True).values + 1e-8)
-            x = F.pad(x, (80, 80), mode="reflect")
-            spec = torch.stft(x, n_fft=320, hop_length=160, win_length=320, center=False, return_complex=True,
-                              window=torch.hann_window(320))
-            ri = torch.view_as_real(spec)
-            mag = (ri**2).sum(-1, keepdim=True).sqrt()
-            comp = (mag.clamp_min(1e-12) ** 0.3 * ri / mag.clamp_min(1e-12)).permute(0, 3, 1, 2)
-            feat = torch.flatten(net.cnn.cnn(comp), 1, -2).permute(0, 2, 1)  # (B, 384, 1024)
+            if n_valid + self._MARGIN < self.SEQ_LEN:
+                # Short clip: the zero-padded tail gives the same CNN output as an all-zero window
+                # (its STFT is exactly 0), so run the CNN on clip + 0.2 s only and take the tail
+                # frames from a cached all-zero pass: identical output, about half the cost.
+                part = self._cnn(x[:, : n_valid + self._MARGIN])
+                k = (n_valid + self._MARGIN // 2) // 320
+                feat = torch.cat([part[:, :k], self._zero_feat[:, k:].expand(x.shape[0], -1, -1)], dim=1)
+            else:
+                feat = self._cnn(x)  # (B, 384, 1024)
             t = net.transformer_pool_attn
             h = t.norm_input(feat.transpose(-1, -2)).transpose(-1, -2)
             h = t.transformer.norm(h.transpose(-1, -2)).transpose(-1, -2)
