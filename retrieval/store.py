@@ -423,6 +423,9 @@ class Store:
     def _load_vectors(self) -> None:
         """Make the in-memory index equal to the database: load+verify, sync, or rebuild."""
         if not self.readonly:
+            # A writer killed inside a persist leaves a temp file; the real files are intact.
+            for tmp in (self.settings.index_path, sidecar_path(self.settings.index_path)):
+                tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
             with self.write_session() as session:
                 if self._state(session) is None:
                     session.add(IndexState(id=1, generation=0, dim=None, count=0, factory=self.settings.faiss_factory,

@@ -32,8 +32,9 @@ WRITER = textwrap.dedent("""
     store = Store.open(get_settings())
     store.persist_interval_s = 0.02
     store.ensure_model("m", "test", 50.0, 16, 0.3, {})
-    rng = np.random.default_rng(0)
-    for i in range(100000):
+    first = int(sys.argv[1])
+    rng = np.random.default_rng(first)
+    for i in range(first, first + 100000):
         path = f"/archive/{(i // 5) if i % 5 == 4 else i}.wav"
         segs = []
         for j in range(int(rng.integers(1, 6))):
@@ -72,31 +73,43 @@ def _assert_store_consistent(settings) -> Store:
     return store
 
 
-def test_sigkilled_writer_leaves_every_committed_segment_with_one_vector(backend_settings):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER], env=_env(backend_settings), cwd=ROOT,
+def _run_and_kill(settings, first: int, after: int) -> int:
+    """Start the writer at recording ``first``, SIGKILL it once ``after`` more commits were reported."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(first)], env=_env(settings), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    committed = -1
+    committed = first - 1
     try:
         deadline = time.monotonic() + 60
-        while committed < 60 and time.monotonic() < deadline:
+        while committed < first + after and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             committed = int(line)
-        assert committed >= 60, f"writer did not get going: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert committed >= first + after, f"writer did not get going: {proc.stderr.read() if proc.poll() is not None else ''}"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
-    # The kill released the flock; reopening syncs FAISS with the database.
-    store = _assert_store_consistent(backend_settings)
-    try:
-        # Every recording reported as written is there (path i for non-rewrite steps).
-        assert all(store.recording_state(f"/archive/{i}.wav") for i in range(committed + 1) if i % 5 != 4)
-        # The store is usable for further writes after the crash.
+    return committed
+
+
+def test_sigkilled_writer_leaves_every_committed_segment_with_one_vector(backend_settings):
+    first = 0
+    # Three kills at different points of the batch (inside a commit, a FAISS persist, or between).
+    for after in (60, 23, 41):
+        committed = _run_and_kill(backend_settings, first, after)
+        # The kill released the flock; reopening syncs FAISS with the database (and drops temp files).
+        store = _assert_store_consistent(backend_settings)
+        assert not list(backend_settings.store_dir.glob("*.tmp"))
+        try:
+            # Every recording reported as written is there (path i for non-rewrite steps).
+            assert all(store.recording_state(f"/archive/{i}.wav") for i in range(first, committed + 1) if i % 5 != 4)
+        finally:
+            store.close()
+        first = committed + 1
+    # The store is usable for further writes after the crashes.
+    with Store.open(backend_settings) as store:
         fill_store(store, 2)
-    finally:
-        store.close()
     _assert_store_consistent(backend_settings).close()
 
 
