@@ -330,6 +330,7 @@ class Store:
         self._vectors: VectorIndex | None = None
         self._seen: tuple[int, int] = (-1, -1)  # (generation, changes) the in-memory index reflects
         self._dirty = False  # in-memory index differs from the file
+        self._needs_sync = False  # an in-memory update failed: re-sync from the database at flush
         self._last_persist = time.monotonic()
         self._closed = False
 
@@ -660,8 +661,6 @@ class Store:
         self._dirty = True
         if time.monotonic() - self._last_persist >= self.persist_interval_s:
             self.flush_index()
-
-    _needs_sync = False
 
     def _state_row(self) -> IndexState | None:
         with self.session() as session:
