@@ -392,7 +392,11 @@ class Store:
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
-        """One write transaction (writers only); commits on success, rolls back on error."""
+        """One write transaction (writers only); commits on success, rolls back on error.
+
+        For metadata (prototypes, labels, enrollments). Add or remove segments and their vectors
+        only through :meth:`write_recording` / :meth:`delete_recording`, which keep FAISS in step.
+        """
         self._require_writer()
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session

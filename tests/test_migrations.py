@@ -38,9 +38,15 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, code: int, *need
         assert needle in lines[0]
 
 
-def test_migrations_go_from_empty_to_head_to_base_and_back(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    engine = create_engine(url)
+@pytest.fixture
+def backend_settings(store_settings):
+    """The database backend under test (overridden in test_store_postgres.py)."""
+    return store_settings
+
+
+def test_migrations_go_from_empty_to_head_to_base_and_back(backend_settings):
+    backend_settings.store_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(backend_settings.resolved_database_url)
     try:
         with engine.begin() as conn:
             cfg = alembic_config(conn)
@@ -55,11 +61,11 @@ def test_migrations_go_from_empty_to_head_to_base_and_back(tmp_path):
         engine.dispose()
 
 
-def test_head_schema_matches_the_orm_models(tmp_path):
+def test_head_schema_matches_the_orm_models(backend_settings):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    with Store.open(get_settings(store_dir=tmp_path / "s")) as store:
+    with Store.open(backend_settings) as store:
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
