@@ -282,6 +282,20 @@ def _upgrade(engine: Engine, url: str) -> None:
         raise _db_unusable(url, exc) from exc
 
 
+def _load_index_settled(path: Path, *, readonly: bool) -> tuple[VectorIndex, IndexMeta]:
+    """:func:`load_index`, retried briefly for readers: a writer replaces the file, then its
+    sidecar, so a reader can catch one new and one old for a moment."""
+    attempts = 3 if readonly else 1
+    for attempt in range(attempts):
+        try:
+            return load_index(path)
+        except IndexFileError:
+            if attempt == attempts - 1 or not writer_active(path.parent):
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -449,7 +463,7 @@ class Store:
                 reason = "database has no vectors"
         else:
             try:
-                loaded, meta = load_index(path)
+                loaded, meta = _load_index_settled(path, readonly=self.readonly)
                 if state is not None and meta.generation != state.generation:
                     reason = f"generation {meta.generation} of {path} differs from the database's {state.generation}"
                 elif loaded.factory != factory:
@@ -785,7 +799,7 @@ class Store:
         vectors = self._vectors
         if seen[0] != self._seen[0]:
             try:
-                loaded, meta = load_index(self.settings.index_path)
+                loaded, meta = _load_index_settled(self.settings.index_path, readonly=True)
                 if meta.generation == seen[0] and (db_dim is None or loaded.dim == db_dim):
                     vectors = loaded
             except IndexFileError as exc:

@@ -196,3 +196,30 @@ def test_check_while_a_writer_runs_notes_the_lagging_file_instead_of_failing(sto
     # Once the writer is gone, the same lag would be a problem (here it flushed at close: none).
     with Store.open(store_settings, readonly=True) as reader:
         assert reader.check().consistent and not reader.check().notes
+
+
+def test_reader_keeps_answering_and_catches_up_while_a_writer_runs(store_settings):
+    with Store.open(store_settings) as store:
+        fill_store(store, 3)
+    reader = Store.open(store_settings, readonly=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, "1000"], env=_env(store_settings), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        q = np.ones(16, np.float32)
+        reloads = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            reloads += reader.refresh()
+            ids, sims = reader.search_vectors(q, 5)
+            assert len(ids) == 5 and np.all(np.diff(sims) <= 1e-6)
+            time.sleep(0.05)
+        assert reloads > 0, proc.stderr.read() if proc.poll() is not None else "writer made no visible progress"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    try:
+        reader.refresh()
+        db_ids, _ = reader.segment_vectors()
+        assert np.array_equal(reader._vectors.ids(), db_ids)
+    finally:
+        reader.close()
