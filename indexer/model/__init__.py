@@ -1,0 +1,108 @@
+"""The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
+
+``load_model('fast')`` loads the shipped log-mel CNN, ``'accurate'`` the distillmos-front-end
+model when it is shipped, and any other value is a checkpoint path. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.errors import ModelError
+from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, n_frames
+from indexer.records import FrameOutput
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = {"fast": WEIGHTS_DIR / "fast.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
+MIN_SECONDS = 0.1
+# Long signals are cut into windows with context margins so memory stays bounded whatever the length.
+WINDOW_FRAMES = 1000  # 20 s
+MARGIN_FRAMES = 50  # 1 s of context each side (the receptive field is ~0.7 s)
+WINDOWS_PER_BATCH = 8
+
+
+class FrameModel:
+    """A loaded frame model with its calibration (threshold and clean enrollments)."""
+
+    def __init__(self, network: FrameNetwork, *, model_id: str, name: str, threshold: float,
+                 enrollments: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        self.network = network.eval()
+        self.model_id = model_id
+        self.name = name
+        self.threshold = float(threshold)
+        self.enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in enrollments.items()}
+        self.meta = meta or {}
+        self.frame_rate = FRAME_RATE
+        self.dim = network.cfg.emb_dim
+
+    @property
+    def hop_s(self) -> float:
+        return 1.0 / self.frame_rate
+
+    def embed(self, samples: np.ndarray) -> FrameOutput:
+        """Embed a mono float32 16 kHz signal of at least 0.1 s; frame t covers [t, t+1) x 20 ms."""
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ModelError(f"expected a mono signal, got shape {x.shape}", "pass one channel at a time")
+        if x.size < MIN_SECONDS * 16000:
+            raise ModelError(f"signal of {x.size / 16000:.3f} s is shorter than {MIN_SECONDS} s", "pass at least 0.1 s of audio")
+        if not np.isfinite(x).all():
+            raise ModelError("signal contains NaN or infinite samples", "repair or skip the file")
+        t_total = n_frames(x.size)
+        padded = np.zeros(t_total * FRAME_HOP, dtype=np.float32)
+        padded[: x.size] = x
+        win, margin = WINDOW_FRAMES, MARGIN_FRAMES
+        starts = list(range(0, t_total, win))
+        src = np.pad(padded, (margin * FRAME_HOP, (margin + win) * FRAME_HOP))
+        span = (win + 2 * margin) * FRAME_HOP
+        emb = np.empty((t_total, self.dim), dtype=np.float32)
+        mos = np.empty(t_total, dtype=np.float32)
+        with torch.inference_mode():
+            for b in range(0, len(starts), WINDOWS_PER_BATCH):
+                group = starts[b : b + WINDOWS_PER_BATCH]
+                batch = np.stack([src[s * FRAME_HOP : s * FRAME_HOP + span] for s in group])
+                if len(starts) == 1:  # short signal: no need to compute the padding window
+                    batch = batch[:, : (t_total + 2 * margin) * FRAME_HOP]
+                out = self.network(torch.from_numpy(batch))
+                for i, s in enumerate(group):
+                    n = min(win, t_total - s)
+                    emb[s : s + n] = out["emb"][i, margin : margin + n].numpy()
+                    mos[s : s + n] = out["mos"][i, margin : margin + n].numpy()
+        return FrameOutput(embeddings=emb, mos=mos, hop_s=self.hop_s)
+
+    def embed_batch(self, signals: list[np.ndarray]) -> list[FrameOutput]:
+        """Embed several signals (each as :meth:`embed`)."""
+        return [self.embed(s) for s in signals]
+
+    def enrollment_for(self, sample_rate: int) -> np.ndarray:
+        """The model's clean enrollment matching a source: narrowband for <= 8 kHz sources."""
+        key = "narrowband" if sample_rate <= 8000 and "narrowband" in self.enrollments else "wideband"
+        return self.enrollments[key]
+
+
+def load_model(name_or_path: str = "fast") -> FrameModel:
+    """Load a shipped model by name ('fast', 'accurate') or a checkpoint file; never downloads."""
+    from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
+
+    path = SHIPPED.get(name_or_path, Path(name_or_path))
+    if name_or_path in SHIPPED and not path.is_file():
+        raise ModelError(
+            f"the shipped '{name_or_path}' model is not installed at {path}",
+            "reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset default",
+        )
+    ckpt = read_checkpoint(path)
+    meta = ckpt["meta"]
+    return FrameModel(
+        network_from_checkpoint(ckpt),
+        model_id=file_model_id(path),
+        name=meta.get("name", Path(path).stem),
+        threshold=meta["threshold"],
+        enrollments=meta["enrollments"],
+        meta=meta,
+    )
+
+
+__all__ = ["FrameModel", "load_model", "FRAME_RATE"]

@@ -1,0 +1,205 @@
+"""The frame network: an encoder (one of several) followed by 003's decoders.
+
+Every encoder maps a (B, N) 16 kHz waveform to (B, C, T) features at 50 frames/s with
+T = ceil(N / 320); the shared temporal head adds context, then the heads give the frame MOS
+(1..5), the 64-d L2-normalised embedding (what is indexed) and the 128-d projection that only
+the contrastive loss sees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from indexer.features import HOP, N_MELS, log_mel
+
+FRAME_HOP = 320  # samples per output frame at 16 kHz: 20 ms, 50 frames/s
+FRAME_RATE = 16000 / FRAME_HOP
+
+
+@dataclass
+class NetworkConfig:
+    """Architecture hyper-parameters, stored in every checkpoint."""
+
+    encoder: str = "logmel_cnn"  # logmel_cnn | distillmos | hf:<dir>
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64, 96])
+    hidden: int = 192
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    emb_dim: int = 64
+    proj_dim: int = 128
+    freeze_encoder: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def n_frames(n_samples: int) -> int:
+    """Output frames for a signal of ``n_samples``: frame t covers [t, t+1) * 20 ms."""
+    return max(1, math.ceil(n_samples / FRAME_HOP))
+
+
+class LogMelCNN(nn.Module):
+    """Fast encoder: 2-D convs over 64 log-mels, stride 2 in time (100 -> 50 Hz)."""
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch, mels = 1, N_MELS
+        for i, ch in enumerate(cfg.channels):
+            stride = (1, 1) if i == 0 else ((2, 2) if i == 1 else (2, 1))
+            layers += [nn.Conv2d(in_ch, ch, 3, stride=stride, padding=1), nn.BatchNorm2d(ch), nn.ReLU(inplace=True)]
+            if i > 0:
+                mels = (mels + 1) // 2
+            in_ch = ch
+        self.convs = nn.Sequential(*layers)
+        self.out_channels = in_ch * mels
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        feats = self.features(audio)
+        return self.forward_features(feats)
+
+    @staticmethod
+    def features(audio: torch.Tensor) -> torch.Tensor:
+        return log_mel(audio)
+
+    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.convs(feats.unsqueeze(1))  # (B, C, M', T50+1)
+        b, c, m, t = x.shape
+        return x.reshape(b, c * m, t)
+
+
+class DistillMOSFrontEnd(nn.Module):
+    """The pretrained conv front end of the ``distillmos`` package (MIT), rebuilt without torchaudio.
+
+    Six Conv2d layers on a power-law (0.3) compressed complex STFT (20 ms window, 10 ms hop), the
+    last one striding time by 2 -> 50 frames/s. Weights are read from the installed wheel's
+    ``distillmos/weights/distill_mos_v7.pt`` (no network).
+    """
+
+    win, hop = 320, 160
+
+    def __init__(self, load_weights: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        fdim, prev = 161, 2
+        for i in range(6):
+            ch = min(64 * 2 ** max(i - 1, 0), 256)
+            layers += [nn.Conv2d(prev, ch, 3, stride=(2 if i >= 1 else 1, 2 if i == 5 else 1), padding=(0, 1)), nn.LeakyReLU(0.1)]
+            fdim = (fdim - 3) // (2 if i >= 1 else 1) + 1
+            prev = ch
+        self.cnn = nn.Sequential(*layers)
+        self.out_channels = prev * fdim
+        if load_weights:
+            self.cnn.load_state_dict(distillmos_cnn_state())
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        pad = (self.win - self.hop) // 2
+        x = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(x, self.win, self.hop, window=torch.hann_window(self.win, device=x.device), center=False, return_complex=True)
+        spec = torch.view_as_real(spec)
+        mag = spec.square().sum(-1, keepdim=True).sqrt().clamp_min(1e-12)
+        comp = (mag**0.3 * spec / mag).permute(0, 3, 1, 2)  # (B, 2, F, T)
+        x = self.cnn(comp)
+        return torch.flatten(x, 1, -2)
+
+
+def distillmos_cnn_state() -> dict[str, torch.Tensor]:
+    """The distillmos v7 front-end weights from the installed package, keyed for ``nn.Sequential``."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from indexer.errors import ModelError
+
+    spec = find_spec("distillmos")
+    if spec is None or spec.origin is None:
+        raise ModelError("the distillmos package is not installed", "pip install --no-deps distillmos==0.9.1")
+    path = Path(spec.origin).parent / "weights" / "distill_mos_v7.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    return {k.removeprefix("cnn.cnn."): v for k, v in state.items() if k.startswith("cnn.cnn.")}
+
+
+class HFEncoder(nn.Module):
+    """Any transformers audio encoder (wav2vec2, WavLM, HuBERT) loaded from a local directory."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        self.model = AutoModel.from_pretrained(directory, config=config, local_files_only=True)
+        self.out_channels = int(config.hidden_size)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = (audio - audio.mean(-1, keepdim=True)) / (audio.std(-1, keepdim=True) + 1e-5)
+        return self.model(audio).last_hidden_state.transpose(1, 2)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(ch, ch, 3, padding=dilation, dilation=dilation)
+        self.norm = nn.BatchNorm1d(ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.relu(self.norm(self.conv(x)))
+
+
+class FrameNetwork(nn.Module):
+    """Encoder + temporal head (~600 ms receptive field) + MOS / embedding / projection heads."""
+
+    def __init__(self, cfg: NetworkConfig, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.encoder == "logmel_cnn":
+            self.encoder: nn.Module = LogMelCNN(cfg)
+        elif cfg.encoder == "distillmos":
+            self.encoder = DistillMOSFrontEnd(load_weights=load_pretrained)
+        elif cfg.encoder.startswith("hf:"):
+            self.encoder = HFEncoder(cfg.encoder[3:])
+        else:
+            from indexer.errors import ModelError
+
+            raise ModelError(f"unknown encoder {cfg.encoder!r}", "use logmel_cnn, distillmos or hf:/path/to/model_dir")
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        self.inp = nn.Sequential(nn.Conv1d(self.encoder.out_channels, cfg.hidden, 1), nn.BatchNorm1d(cfg.hidden), nn.ReLU())
+        self.temporal = nn.Sequential(*[ResBlock(cfg.hidden, d) for d in cfg.dilations])
+        self.mos_head = nn.Conv1d(cfg.hidden, 1, 1)
+        self.emb_head = nn.Conv1d(cfg.hidden, cfg.emb_dim, 1)
+        self.proj_head = nn.Sequential(nn.Conv1d(cfg.emb_dim, cfg.proj_dim, 1), nn.ReLU(), nn.Conv1d(cfg.proj_dim, cfg.proj_dim, 1))
+
+    def forward(self, audio: torch.Tensor, feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, N) waveform (or precomputed log-mel ``feats`` for the fast encoder) -> per-frame outputs.
+
+        Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5 and ``proj`` (B, T, P)
+        L2-normalised, with T = ceil(N / 320).
+        """
+        t = n_frames(audio.shape[-1])
+        if feats is not None:
+            h = self.encoder.forward_features(feats)
+        else:
+            h = self.encoder(audio)
+        h = _fit_length(h, t)
+        h = self.temporal(self.inp(h))
+        emb_raw = self.emb_head(h)
+        emb = F.normalize(emb_raw, dim=1)
+        mos = 1.0 + 4.0 * torch.sigmoid(self.mos_head(h).squeeze(1))
+        proj = F.normalize(self.proj_head(emb), dim=1)
+        return {"emb": emb.transpose(1, 2), "mos": mos, "proj": proj.transpose(1, 2)}
+
+
+def _fit_length(h: torch.Tensor, t: int) -> torch.Tensor:
+    """Crop or edge-pad the encoder's time axis to exactly ``t`` frames (encoders differ by a frame)."""
+    if h.shape[-1] >= t:
+        return h[..., :t]
+    return F.pad(h, (0, t - h.shape[-1]), mode="replicate")
+
+
+def feature_hop_ratio() -> int:
+    """Log-mel frames per output frame (used to crop feature windows)."""
+    return FRAME_HOP // HOP
