@@ -49,6 +49,10 @@ def main() -> None:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, (click.exceptions.Exit, typer.Exit)):
+            sys.exit(exc.exit_code)
+        # Typer vendors its own click: its usage errors are not click's classes but behave alike.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
             sys.exit(exc.exit_code)
         raise
