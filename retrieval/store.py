@@ -138,7 +138,11 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """Engine with the store's connection settings (SQLite: WAL, busy timeout, foreign keys)."""
     parsed = validate_database_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        # Readers get one snapshot per session (like SQLite WAL) while a writer commits.
+        options: dict[str, Any] = {}
+        if readonly and parsed.get_backend_name() == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
+        return create_engine(parsed, pool_pre_ping=True, **options)
     engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
