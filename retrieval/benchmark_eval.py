@@ -319,7 +319,7 @@ def evaluate_benchmark(bench_dir: str | Path, *, model: str | None = None, setti
         dim = getattr(group[0], attr).shape[1] if group and getattr(group[0], attr) is not None else 0
         return (np.stack(rows) if rows else np.zeros((0, dim), np.float32)), labels, where
 
-    test_emb, test_labels, test_where = segments_of(test)
+    test_emb, test_labels, _ = segments_of(test)
     enroll_emb, enroll_labels, _ = segments_of(enroll)
     proto, proto_names = ev.class_prototypes(enroll_emb, enroll_labels) if enroll_labels else (np.zeros((0, 1)), [])
     missing = sorted(set(test_labels) - set(proto_names))
