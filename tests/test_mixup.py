@@ -85,3 +85,48 @@ def test_build_shards_writes_the_documented_arrays(tmp_path):
     classes = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert classes[0] == "clean" and int(z["frame_labels"].max()) < len(classes)
     assert np.allclose(z["frame_mos"].mean(axis=1), z["utt_mos"], atol=1e-4)
+
+
+def espeak_speech() -> np.ndarray:
+    """A real (synthetic) spoken sentence from espeak-ng at 16 kHz; skips the test without it."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import pytest
+
+    from indexer.training.catalog import _resample
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (indexer/training/SYSTEM_PACKAGES.txt)")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = f"{tmp}/s.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", wav, "--", "Please hold the line, your call is important to us."],
+                       check=True, capture_output=True)
+        x, sr = sf.read(wav, dtype="float32")
+    return _resample(x, sr, SR)
+
+
+def test_distillmos_teacher_short_clip_path_matches_full_window_and_ranks_noise_lower():
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from indexer.training.teacher import DistillMOSTeacher
+
+    try:
+        teacher = DistillMOSTeacher()
+    except Exception as exc:  # noqa: BLE001 - ModelError when the wheel is missing
+        pytest.skip(f"distillmos weights unavailable: {exc}")
+    clean = espeak_speech()
+    rms = float(np.sqrt(np.mean(clean**2)))
+    noisy = clean + rms * np.random.default_rng(1).standard_normal(clean.size).astype(np.float32)  # 0 dB SNR
+    fast = teacher.net(clean[None])[0]
+    margin = teacher.net._MARGIN
+    teacher.net._MARGIN = 10**9  # forces the full 7.68 s window through the front end
+    try:
+        full = teacher.net(clean[None])[0]
+    finally:
+        teacher.net._MARGIN = margin
+    assert abs(fast - full) < 1e-4
+    assert 1.0 <= teacher.score(noisy) < teacher.score(clean) <= 5.0
