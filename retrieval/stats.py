@@ -253,7 +253,7 @@ def plot_map(store: Store, path: str | Path, *, max_points: int = 3000, seed: in
         title = "segment embeddings (t-SNE), coloured by label"
     colours = [colour_of.get(int(i), "unknown") for i in ids]
     xy = TSNE(n_components=2, metric="cosine", init="pca", perplexity=min(30.0, (len(ids) - 1) / 3),
-              random_state=seed).fit_transform(vectors)
+              max_iter=500, random_state=seed).fit_transform(vectors)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     names = sorted(set(colours))

@@ -121,7 +121,7 @@ def test_exports_open_with_pandas_and_pyarrow(stats_store, tmp_path):
 
 def test_plots_write_png_files(stats_store, tmp_path):
     bars = plot_stats(stats_store, tmp_path / "dist.png")
-    scatter = plot_map(stats_store, tmp_path / "map.png", max_points=80)
+    scatter = plot_map(stats_store, tmp_path / "map.png", max_points=50)
     for path in (bars, scatter):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
