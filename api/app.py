@@ -29,6 +29,7 @@ from api.deps import (
     APIKeyInvalidError,
     APIKeyMissingError,
     AppState,
+    WRITE_MARK,
     ServiceUnavailableError,
     UploadTooLargeError,
 )
@@ -189,7 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "segment audio; prototypes; statistics. Errors are JSON `{code, message, fix}`."
         ),
         lifespan=lifespan,
-        responses={422: {"model": ErrorResponse, "description": "Invalid parameters"}},
+        responses={
+            400: {"model": ErrorResponse, "description": "Malformed request body"},
+            422: {"model": ErrorResponse, "description": "Invalid parameters"},
+            503: {"model": ErrorResponse, "description": "Store or model not usable yet"},
+        },
     )
     app.state.degsearch = state
 
@@ -206,6 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    _document_auth_as_configured(app, settings)
+
     # Order: the last added runs first. Metrics sees everything, including 413s from the limiter.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     if settings.cors_origins:
@@ -217,6 +224,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(MetricsMiddleware, state=state)
     return app
+
+
+def _document_auth_as_configured(app: FastAPI, settings: Settings) -> None:
+    """Make the schema's ``security`` say what this server enforces.
+
+    Every route declares the X-API-Key scheme; operations that do not need a key under the current
+    settings (no keys configured; reads when ``require_key_for_reads`` is off) drop it.
+    """
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                if not isinstance(operation, dict):
+                    continue
+                responses = operation.setdefault("responses", {})
+                if operation.get("requestBody"):  # the body limit applies to every request with a body
+                    responses.setdefault("413", _error_doc("Request body larger than max_upload_bytes"))
+                if "security" not in operation:
+                    continue
+                write = bool(operation.get(WRITE_MARK))
+                if not settings.api_keys or not (write or settings.require_key_for_reads):
+                    del operation["security"]
+                    for status in ("401", "403"):
+                        responses.pop(status, None)
+                else:
+                    responses.setdefault("401", _error_doc("API key missing"))
+                    responses.setdefault("403", _error_doc("API key not accepted"))
+        if not settings.api_keys:
+            schema.get("components", {}).pop("securitySchemes", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error_doc(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

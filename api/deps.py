@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # heavy imports (faiss, torch) stay out of module import time
 log = logging.getLogger("degsearch.api")
 
 API_KEY_HEADER = "X-API-Key"
+# OpenAPI extension on write operations (they need a key whenever api_keys is set).
+WRITE_MARK = "x-degsearch-write"
 # Seconds between retries of a failed store open, so a broken store is not re-opened per request.
 STORE_RETRY_S = 2.0
 # Copy uploads in chunks of this size while counting bytes.

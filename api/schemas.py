@@ -11,7 +11,10 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 # Largest k a client may ask for: bounds the response size and the FAISS work per request.
 MAX_K = 1000
@@ -64,22 +67,41 @@ class SearchFiltersIn(BaseModel):
         return SearchFilters(**values) if values else None
 
 
+def _reject_explicit_nulls(data: Any, fields: tuple[str, ...]) -> Any:
+    """Optional-but-not-nullable fields: leaving one out is fine, sending ``null`` is not (as documented)."""
+    if isinstance(data, dict):
+        nulls = [f for f in fields if f in data and data[f] is None]
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} must not be null (leave the field out instead)")
+    return data
+
+
+_QUERY_FIELDS = ("segment_id", "prototype", "vector")
+
+
 class SearchRequest(BaseModel):
     """Nearest segments to a query given by exactly one of segment_id, prototype or vector."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"segment_id": 1, "k": 10}, {"prototype": "clipping", "k": 5}]},
+        json_schema_extra={
+            # "Exactly one of" in the schema itself, so generated clients and fuzzers know it.
+            "oneOf": [{"required": [name]} for name in _QUERY_FIELDS],
+            "examples": [{"segment_id": 1, "k": 10}, {"prototype": "clipping", "k": 5}],
+        },
     )
 
-    segment_id: int | None = Field(None, ge=1, le=2**62, description="Use this stored segment's embedding as the query.")
-    prototype: str | None = Field(None, min_length=1, max_length=200, description="Use this prototype (cluster or named) as the query.")
-    vector: list[float] | None = Field(
-        None, min_length=1, max_length=MAX_VECTOR_DIM, description="A raw query embedding (normalised by the server)."
-    )
+    segment_id: Annotated[int, Field(ge=1, le=2**62, description="Use this stored segment's embedding as the query.")] | SkipJsonSchema[None] = None
+    prototype: Annotated[str, Field(min_length=1, max_length=200, description="Use this prototype (cluster or named) as the query.")] | SkipJsonSchema[None] = None
+    vector: Annotated[list[float], Field(min_length=1, max_length=MAX_VECTOR_DIM, description="A raw query embedding (normalised by the server).")] | SkipJsonSchema[None] = None
     k: int = Field(10, ge=1, le=MAX_K, description="How many hits to return.")
     filters: SearchFiltersIn | None = None
     exact: bool = Field(False, description="Exact (brute-force) search instead of the approximate FAISS index.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_queries(cls, data: Any) -> Any:
+        return _reject_explicit_nulls(data, _QUERY_FIELDS)
 
     @field_validator("vector")
     @classmethod
@@ -93,7 +115,7 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> SearchRequest:
-        given = [name for name in ("segment_id", "prototype", "vector") if getattr(self, name) is not None]
+        given = [name for name in _QUERY_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of segment_id, prototype, vector (got {len(given)}: {given})")
         return self
@@ -258,10 +280,17 @@ class PrototypeList(BaseModel):
 class ReclusterRequest(BaseModel):
     """Re-cluster all stored segments into prototypes (give at most one of the two)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"not": {"required": ["n_clusters", "distance_threshold"]}}
+    )
 
-    n_clusters: int | None = Field(None, ge=1, le=1000, description="Fixed number of clusters.")
-    distance_threshold: float | None = Field(None, gt=0, le=2, description="Agglomerative cosine-distance threshold.")
+    n_clusters: Annotated[int, Field(ge=1, le=1000, description="Fixed number of clusters.")] | SkipJsonSchema[None] = None
+    distance_threshold: Annotated[float, Field(gt=0, le=2, description="Agglomerative cosine-distance threshold.")] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        return _reject_explicit_nulls(data, ("n_clusters", "distance_threshold"))
 
     @model_validator(mode="after")
     def _at_most_one(self) -> ReclusterRequest:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
 
-from api.deps import StateDep, decode_uploads, require_read, require_write, save_uploads, upload_dir
+from api.deps import WRITE_MARK, StateDep, decode_uploads, require_read, require_write, save_uploads, upload_dir
 from api.schemas import ErrorResponse, PrototypeList, PrototypeOut, ReclusterRequest
 
 router = APIRouter(prefix="/v1/prototypes", tags=["prototypes"])
@@ -32,6 +32,7 @@ def get_prototypes(state: StateDep) -> PrototypeList:
     status_code=201,
     summary="Enroll a named prototype from example clips",
     dependencies=[Depends(require_write)],
+    openapi_extra={WRITE_MARK: True},
     responses={
         **_WRITE_ERRORS,
         413: {"model": ErrorResponse, "description": "Uploads too large or too long"},
@@ -40,7 +41,7 @@ def get_prototypes(state: StateDep) -> PrototypeList:
 )
 def create_prototype(
     state: StateDep,
-    name: Annotated[str, Form(min_length=1, max_length=200, description="Prototype name, e.g. 'gsm-codec' (letters, digits, space . : + - _).")],
+    name: Annotated[str, Form(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_ .:+-]*$", description="Prototype name, e.g. 'gsm-codec' (letters, digits, space . : + - _).")],
     files: Annotated[list[UploadFile], File(description="One or more example clips of the degradation.")],
 ) -> PrototypeOut:
     """Embed the clips' degraded frames and store their mean as prototype ``name`` (replacing one of that name)."""
@@ -64,12 +65,13 @@ def create_prototype(
     response_model=PrototypeList,
     summary="Re-cluster all stored segments into prototypes and relabel them",
     dependencies=[Depends(require_write)],
+    openapi_extra={WRITE_MARK: True},
     responses=_WRITE_ERRORS,
 )
-def recluster_prototypes(state: StateDep, body: Annotated[ReclusterRequest | None, Body()] = None) -> PrototypeList:
+def recluster_prototypes(state: StateDep, body: Annotated[ReclusterRequest, Body()]) -> PrototypeList:
+    """Send ``{}`` for the default distance threshold."""
     from retrieval.prototypes import recluster
 
-    body = body or ReclusterRequest()
     with state.writer() as store:
         infos = recluster(store, n_clusters=body.n_clusters, distance_threshold=body.distance_threshold)
     return PrototypeList(prototypes=[PrototypeOut.from_info(p) for p in infos])
