@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_search.py                       # 100k and 1M, Flat / HNSW32 / IVF
     .venv/bin/python bench/bench_search.py --sizes 100000 --queries 200 --factories Flat HNSW32
+    .venv/bin/python bench/bench_search.py --demo /tmp/demo --model fast   # clip-query precision on the demo archive
 
 Vectors are random 64-d unit vectors (``--data random``, the hardest case: no structure for an
 ANN index to exploit) or a mixture of unit vectors around 2,000 centres (``--data clustered``,
@@ -129,6 +130,49 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) -> dict:
+    """'More like this' precision on the demo archive: every planted stretch, cut out as a clip,
+    queries the store; hits on the query's own stretch are dropped; precision@k is the fraction
+    of the remaining top-k whose planted degradation (largest overlap) is the query's."""
+    import json as _json
+
+    import soundfile as sf
+
+    from indexer.demo import _planted_kind, generate_demo_archive
+    from indexer.model import load_model
+    from indexer.pipeline import index_archive
+    from indexer.settings import get_settings
+    from retrieval.search import resolve_query, search
+    from retrieval.store import Store
+
+    settings = get_settings(store_dir=out_dir / "store", model=model)
+    manifest = generate_demo_archive(out_dir)
+    planted = _json.loads((manifest.parent / "planted.json").read_text())
+    settings.store_dir.mkdir(parents=True, exist_ok=True)
+    index_archive([str(manifest)], settings, progress=False)
+    frame_model = load_model(model)
+    per_kind: dict[str, list[list[float]]] = {}
+    store = Store.open(settings, readonly=True)
+    try:
+        for i, ev in enumerate(planted["events"]):
+            data, sr = sf.read(str(manifest.parent / ev["path"]), dtype="float32", always_2d=True)
+            clip = out_dir / f"query_{i:02d}_{ev['kind']}.wav"
+            sf.write(str(clip), data[int(ev["start_s"] * sr):int(ev["end_s"] * sr), ev["channel"]], sr, subtype="PCM_16")
+            query = resolve_query(store, frame_model, clips=[clip])
+            hits = [h for h in search(store, query, max(ks) + 20)
+                    if not (Path(h.path).name == ev["path"] and h.channel == ev["channel"]
+                            and min(h.end_s, ev["end_s"]) > max(h.start_s, ev["start_s"]))]
+            kinds = [_planted_kind(planted["events"], Path(h.path).name, h.channel, h.start_s, h.end_s) for h in hits]
+            per_kind.setdefault(ev["kind"], []).append([float(np.mean([x == ev["kind"] for x in kinds[:k]])) if kinds[:k] else 0.0
+                                                        for k in ks])
+    finally:
+        store.close()
+    report = {kind: {f"p@{k}": round(float(np.mean([v[j] for v in vals])), 3) for j, k in enumerate(ks)} for kind, vals in per_kind.items()}
+    allv = [v for vals in per_kind.values() for v in vals]
+    report["all"] = {f"p@{k}": round(float(np.mean([v[j] for v in allv])), 3) for j, k in enumerate(ks)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -143,7 +187,12 @@ def main() -> None:
     parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write the tuned rows here.")
+    parser.add_argument("--demo", type=Path, help="Instead: index the demo archive here and measure clip-query precision.")
+    parser.add_argument("--model", default="fast", help="Model for --demo.")
     args = parser.parse_args()
+    if args.demo:
+        print(json.dumps(demo_precision(args.demo, args.model), indent=1))
+        return
     results = run(args)
     print("\ntuned (cheapest setting reaching the target recall, else the most accurate tried):")
     print(f"{'n':>9} {'factory':<16} {'param':<14} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}")
