@@ -173,3 +173,20 @@ def test_add_named_prototype_from_clips_labels_segments(tmp_path, retrieval_chec
     assert {lab for lab, _ in labels.values()} == {"clipped-line"}
     assert again.size == len(planted.segments)
     assert again.total_duration_s == pytest.approx(sum(s["end_s"] - s["start_s"] for s in planted.segments))
+
+
+def test_prototypes_command_reclusters_and_lists(planted_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    store_dir = str(planted_store.settings.store_dir)
+    runner = CliRunner()
+    result = runner.invoke(app, ["prototypes", "--store-dir", store_dir, "--recluster", "--n-clusters", "4"])
+    assert result.exit_code == 0, result.output
+    assert "4 clusters" in result.output and "cluster-03" in result.output
+    result = runner.invoke(app, ["prototypes", "--store-dir", store_dir, "--n-clusters", "4"])
+    assert result.exit_code != 0  # --n-clusters without --recluster is refused
+    result = runner.invoke(app, ["export-segments", "--store-dir", store_dir, "--label", "cluster-00", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0  # the planted store has no audio files: the decode error names the file
+    assert "call_" in str(result.exception) + result.output
