@@ -1,0 +1,59 @@
+"""Paper 003's training loss: frame MOS L1 + utterance MOS L1 + supervised contrastive loss over frames."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def sample_frames(labels: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices into the flattened (B*T) frames: half clean (label 0), half degraded, when both exist.
+
+    Clean frames are ~70 % of a mix-up batch; balancing keeps degraded classes visible to the loss.
+    """
+    flat = labels.reshape(-1)
+    picks = []
+    for pool in (torch.nonzero(flat == 0).squeeze(1), torch.nonzero(flat != 0).squeeze(1)):
+        if pool.numel():
+            picks.append(pool[torch.randint(pool.numel(), (n // 2,), generator=generator)])
+    return torch.unique(torch.cat(picks))
+
+
+def supcon_frames(proj: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, *, tau: float = 0.1,
+                  exclude_within: int = 5) -> torch.Tensor:
+    """Supervised contrastive loss over sampled frames (003 eq. 5).
+
+    ``proj`` (B, T, P) is L2-normalised, ``labels`` (B, T) class ids (clean is its own class),
+    ``idx`` flattened frame indices. Pairs of frames of the same utterance closer than
+    ``exclude_within`` frames are neither positives nor negatives (their context overlaps).
+    """
+    b, t, p = proj.shape
+    z = proj.reshape(b * t, p)[idx]
+    y = labels.reshape(-1)[idx]
+    utt, pos_t = idx // t, idx % t
+    logits = z @ z.T / tau
+    n = idx.numel()
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    near = (utt[:, None] == utt[None, :]) & ((pos_t[:, None] - pos_t[None, :]).abs() < exclude_within)
+    valid = ~(eye | near)
+    positives = valid & (y[:, None] == y[None, :])
+    logits = logits.masked_fill(~valid, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    n_pos = positives.sum(1)
+    keep = n_pos > 0
+    if not keep.any():
+        return proj.sum() * 0.0
+    pos_log_prob = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(1)
+    return -(pos_log_prob[keep] / n_pos[keep]).mean()
+
+
+def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
+               utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """003's total loss; returns the loss and its parts for logging."""
+    idx = sample_frames(frame_labels, n_frames, generator)
+    con = supcon_frames(out["proj"], frame_labels, idx, tau=tau)
+    frame_l1 = F.l1_loss(out["mos"], frame_mos)
+    utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
+    loss = con + mos_weight * (frame_l1 + utt_l1)
+    return loss, {"supcon": float(con), "frame_mos_l1": float(frame_l1), "utt_mos_l1": float(utt_l1)}

@@ -1,0 +1,158 @@
+"""The training loop: shards of partial mix-up examples -> a calibrated frame-model checkpoint.
+
+Model selection uses the frame EER on HELD-OUT REAL SPEAKERS (the mean over the training-catalog
+and the held-out-catalog validation sets), never the loss or TTS validation: MODEL_NOTES showed
+TTS validation pointing the wrong way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from indexer.errors import ConfigError
+from indexer.features import channel_augment, log_mel
+from indexer.model import FrameModel
+from indexer.model.checkpoint import save_checkpoint
+from indexer.model.network import FrameNetwork, NetworkConfig
+from indexer.training.calibrate import calibrate, frame_eer
+from indexer.training.losses import total_loss
+from indexer.training.shards import load_shards
+
+
+@dataclass
+class TrainConfig:
+    """One training recipe (a preset or its command-line overrides)."""
+
+    encoder: str = "logmel_cnn"
+    minutes: float = 45.0
+    batch_size: int = 24
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    tau: float = 0.1
+    contrast_frames: int = 1024
+    mos_weight: float = 1.0
+    eval_every: int = 100
+    seed: int = 0
+    threads: int = 2
+    freeze_encoder_steps: int = 0  # pretrained encoders: train the head frozen first, then fine-tune
+    network: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "fast": TrainConfig(),
+    "accurate": TrainConfig(encoder="distillmos", batch_size=12, lr=1e-3, freeze_encoder_steps=600),
+    "smoke": TrainConfig(minutes=0.3, batch_size=4, eval_every=5, contrast_frames=128),
+}
+
+
+def _val_sets(data: Path) -> dict[str, dict[str, np.ndarray]]:
+    sets = {}
+    for name in ("val_real", "val_heldout_catalog"):
+        if (data / name).is_dir():
+            arrays, _ = load_shards(data / name)
+            sets[name] = arrays
+    if not sets:
+        raise ConfigError(f"no validation shards (val_real, val_heldout_catalog) under {data}",
+                          "build them with `degsearch build-shards ... --split heldout`")
+    return sets
+
+
+def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Frame EER (%) per validation set, enrollment = clean frames of each set's first quarter."""
+    result = {}
+    for name, arrays in sets.items():
+        outs = [model.embed(a) for a in arrays["audio"]]
+        emb = np.stack([o.embeddings for o in outs])  # (N, T, D)
+        labels = arrays["frame_labels"][:, : emb.shape[1]]
+        q = max(1, len(emb) // 4)
+        enroll_frames = emb[:q][labels[:q] == 0]
+        enroll = enroll_frames.mean(0)
+        enroll /= np.linalg.norm(enroll)
+        scores = 1.0 - emb[q:] @ enroll
+        result[name] = frame_eer(scores.ravel(), labels[q:].ravel() != 0)
+    result["mean"] = float(np.mean(list(result.values())))
+    return result
+
+
+def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
+    """Train on ``data_dir/train`` shards, validate on held-out real speakers, write a calibrated checkpoint."""
+    console = console or Console()
+    data, out = Path(data_dir), Path(out)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train_arrays, classes = load_shards(data / "train")
+    val = _val_sets(data)
+    net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
+    net = FrameNetwork(net_cfg)
+    opt = torch.optim.AdamW([p for p in net.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_path = out.with_suffix(".state.pt")
+    step, best, history, elapsed0 = 0, math.inf, [], 0.0
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        step, best, history, elapsed0 = state["step"], state["best"], state["history"], state["elapsed"]
+        console.print(f"resumed at step {step} (best held-out real EER {best:.2f} %)")
+    budget = cfg.minutes * 60
+    n = len(train_arrays["audio"])
+    audio_t = torch.from_numpy(train_arrays["audio"])
+    labels_t = torch.from_numpy(train_arrays["frame_labels"].astype(np.int64))
+    fmos_t = torch.from_numpy(train_arrays["frame_mos"])
+    umos_t = torch.from_numpy(train_arrays["utt_mos"])
+    t0 = time.time() - elapsed0
+    recipe = {"train_config": asdict(cfg), "data": str(data), "train_examples": n, "classes": classes}
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("train", total=budget, info="")
+        while time.time() - t0 < budget:
+            net.train()
+            frac = min(1.0, (time.time() - t0) / budget)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+            net.encoder.requires_grad_(not (cfg.encoder != "logmel_cnn" and step < cfg.freeze_encoder_steps))
+            idx = torch.from_numpy(rng.choice(n, cfg.batch_size, replace=False))
+            audio = audio_t[idx] * float(10 ** rng.uniform(-0.5, 0.3))
+            feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
+            out_ = net(audio, feats=feats)
+            loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
+                                     tau=cfg.tau, mos_weight=cfg.mos_weight)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            step += 1
+            progress.update(task, completed=time.time() - t0, info=f"step {step} loss {float(loss):.3f}")
+            if step % cfg.eval_every == 0 or time.time() - t0 >= budget:
+                net.eval()
+                model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
+                eers = validate(model, val)
+                history.append({"step": step, "minutes": round((time.time() - t0) / 60, 1), **parts, **{f"eer_{k}": v for k, v in eers.items()}})
+                marker = ""
+                if eers["mean"] < best:
+                    best = eers["mean"]
+                    save_checkpoint(out.with_suffix(".best.pt"), net, {"name": out.stem, "threshold": 0.0, "enrollments": {}, "recipe": recipe})
+                    marker = " *best*"
+                console.print(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {float(loss):.3f}  "
+                              + "  ".join(f"EER {k} {v:5.2f} %" for k, v in eers.items()) + marker)
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                            "history": history, "elapsed": time.time() - t0}, state_path)
+    from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
+
+    best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
+    calib = calibrate(best_net, train_arrays, val)
+    model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, **calib})
+    summary = {"model_id": model_id, "path": str(out), "best_mean_eer": best, "steps": step,
+               "threshold": calib["threshold"], **calib["validation"]}
+    (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1))
+    return summary
