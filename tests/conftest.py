@@ -114,14 +114,34 @@ def api_model(api_checkpoint):
     return load_model(str(api_checkpoint))
 
 
-@_api_pytest.fixture
-def api_store(tmp_path, api_checkpoint, api_model) -> ApiStore:
-    """A fresh store with 3 recordings x 3 segments; settings point at it and at the checkpoint."""
+@_api_pytest.fixture(scope="session")
+def api_store_template(tmp_path_factory, api_checkpoint, api_model) -> ApiStore:
+    """Built once per session: 3 recordings x 3 segments (schema migration + writes take ~0.5 s)."""
     from indexer.settings import get_settings
 
-    settings = get_settings(store_dir=tmp_path / "store", model=str(api_checkpoint))
+    root = tmp_path_factory.mktemp("api-store-template")
+    settings = get_settings(store_dir=root / "store", model=str(api_checkpoint))
     settings.store_dir.mkdir(parents=True, exist_ok=True)
-    return populate_api_store(settings, api_model, tmp_path / "audio")
+    return populate_api_store(settings, api_model, root / "audio")
+
+
+@_api_pytest.fixture
+def api_store(tmp_path, api_store_template) -> ApiStore:
+    """A private copy of the template store (database + FAISS files) for one test.
+
+    The WAV files stay shared with the template (the database holds their absolute paths): tests
+    must not modify them.
+    """
+    import shutil
+
+    from indexer.settings import get_settings
+
+    template = api_store_template
+    store_dir = tmp_path / "store"
+    shutil.copytree(template.settings.store_dir, store_dir)
+    settings = get_settings(store_dir=store_dir, model=template.settings.model)
+    segments = [dict(seg) for seg in template.segments]
+    return ApiStore(settings, template.model, template.audio_dir, list(template.recording_ids), segments)
 
 
 @_api_pytest.fixture
@@ -168,7 +188,7 @@ def _ret_unit(x: _ret_np.ndarray) -> _ret_np.ndarray:
 
 def build_planted_store(store_dir: _RetPath, *, n_recordings: int = 30, n_clusters: int = 4, noise: float = 0.35,
                         seed: int = 0, wav_dir: _RetPath | None = None, factory: str = "Flat",
-                        model_id: str = RET_MODEL_ID) -> PlantedStore:
+                        model_id: str = RET_MODEL_ID, database_url: str | None = None) -> PlantedStore:
     """Write ``n_recordings`` synthetic recordings (2 channels, 0-8 segments each, one of which
     may have none) whose segment vectors sit around ``n_clusters`` random centres.
 
@@ -185,7 +205,7 @@ def build_planted_store(store_dir: _RetPath, *, n_recordings: int = 30, n_cluste
 
     rng = _ret_np.random.default_rng(seed)
     centres = _ret_unit(rng.standard_normal((n_clusters, RET_DIM)))
-    settings = get_settings(store_dir=store_dir, faiss_factory=factory)
+    settings = get_settings(store_dir=store_dir, faiss_factory=factory, database_url=database_url)
     store_dir.mkdir(parents=True, exist_ok=True)
     if wav_dir is not None:
         wav_dir.mkdir(parents=True, exist_ok=True)

@@ -209,3 +209,16 @@ def test_approximate_index_store_still_gives_exact_filtered_results(tmp_path):
         assert len(search(store, query, 10)) == 10  # approximate, but never short
     finally:
         store.close()
+
+
+def test_filtered_search_equals_brute_force_on_postgresql(postgres_settings, tmp_path):
+    """The same filters on PostgreSQL (JSON attributes, timestamptz): skipped without a server."""
+    planted = build_planted_store(tmp_path / "pg-store", n_recordings=15, database_url=postgres_settings.database_url)
+    query = _query(planted)
+    store = planted.store(readonly=True)
+    try:
+        for case, (filters, keep) in sorted(FILTER_CASES.items()):
+            want_ids, _ = _expected(planted, query, 8, keep)
+            assert [h.segment_id for h in search(store, query, 8, filters)] == want_ids, case
+    finally:
+        store.close()
