@@ -262,8 +262,12 @@ def test_segment_audio_rejects_bad_padding_and_missing_file(client, api_store):
     seg = api_store.segments[0]
     assert_error(client.get(f"/v1/segments/{seg['id']}/audio", params={"pad": -1}), 422)
     assert_error(client.get(f"/v1/segments/{seg['id']}/audio", params={"pad": 1e9}), 422)
-    Path(seg["path"]).unlink()
-    assert_error(client.get(f"/v1/segments/{seg['id']}/audio"), 404, "audio_unavailable")
+    wav = Path(seg["path"])
+    moved = wav.rename(wav.with_suffix(".moved"))  # the fixture's WAV files are shared: put it back
+    try:
+        assert_error(client.get(f"/v1/segments/{seg['id']}/audio"), 404, "audio_unavailable")
+    finally:
+        moved.rename(wav)
 
 
 # --- prototypes -----------------------------------------------------------------------------------
@@ -346,21 +350,38 @@ def test_cors_headers_only_when_origins_configured(api_store, client):
         assert resp.headers["access-control-allow-origin"] == "http://example.org"
 
 
+# Another process (no torch import: it only needs the store) indexes one more recording.
+_WRITER_SCRIPT = """
+import sys
+import numpy as np
+from indexer.records import DetectedSegment, RecordingResult
+from indexer.settings import get_settings
+from retrieval.store import Store
+
+store_dir, model_id, dim, wav = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+v = np.random.default_rng(7).standard_normal((3, dim)).astype(np.float32)
+v /= np.linalg.norm(v, axis=1, keepdims=True)
+segs = [DetectedSegment(channel=0, start_s=0.2 + i, end_s=0.7 + i, n_frames=25, embedding=v[i], mos=2.5, score=0.4) for i in range(3)]
+with Store.open(get_settings(store_dir=store_dir)) as store:
+    store.write_recording(RecordingResult(path=wav, content_hash="other-process", duration_s=3.0, sample_rate=8000, channels=2,
+                                          model_id=model_id, segments=segs, analysed_s=6.0, degraded_s=1.5, mean_mos=3.0))
+    store.flush_index()
+"""
+
+
 def test_segments_written_by_another_process_are_visible_without_restart(client, api_store, tmp_path):
-    before = client.get("/healthz").json()["segments"]
-    script = (
-        "import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})\n"
-        "from conftest import populate_api_store\n"
-        "from indexer.settings import get_settings\n"
-        "from indexer.model import load_model\n"
-        "from pathlib import Path\n"
-        "s = get_settings(store_dir={store!r}, model={model!r})\n"
-        "info = populate_api_store(s, load_model({model!r}), Path({audio!r}), n_recordings=1, seed=7, first_index=50)\n"
-        "print(max(seg['id'] for seg in info.segments))\n"
-    ).format(root=str(Path(__file__).parents[1]), tests=str(Path(__file__).parent), store=str(api_store.settings.store_dir),
-             model=str(api_store.settings.model), audio=str(tmp_path / "more-audio"))
-    out = subprocess.run([sys.executable, "-c", script], check=True, timeout=120, capture_output=True, text=True)
-    new_id = int(out.stdout.strip().splitlines()[-1])
-    assert client.get("/healthz").json()["segments"] == before + 3
-    hits = client.post("/v1/search", json={"segment_id": new_id, "k": 1}).json()["hits"]
-    assert hits[0]["segment_id"] == new_id
+    from tests.conftest import write_speechlike_wav
+
+    before = client.get("/healthz").json()
+    wav = write_speechlike_wav(tmp_path / "late.wav", seed=5)
+    root = Path(__file__).parents[1]
+    subprocess.run([sys.executable, "-c", _WRITER_SCRIPT, str(api_store.settings.store_dir), api_store.model.model_id,
+                    str(api_store.model.dim), str(wav)], check=True, timeout=120, cwd=root)
+    after = client.get("/healthz").json()
+    assert after["segments"] == before["segments"] + 3 and after["generation"] > before["generation"]
+    new_ids = [h["segment_id"] for h in client.post("/v1/search", json={"segment_id": 1, "k": 100}).json()["hits"]
+               if h["path"] == str(wav)]
+    assert len(new_ids) == 3
+    hits = client.post("/v1/search", json={"segment_id": new_ids[0], "k": 1}).json()["hits"]
+    assert hits[0]["segment_id"] == new_ids[0]  # served by the reloaded FAISS index
+    assert 'degsearch_store_reloads_total 1.0' in client.get("/metrics").text
