@@ -47,7 +47,7 @@ def test_no_generated_request_causes_a_server_error(api_store, method, path, mod
     excluded = [positive_data_acceptance] if is_upload or (method, path) in DATA_DEPENDENT else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
     def run(case):
         case.call_and_validate(excluded_checks=excluded)
 
