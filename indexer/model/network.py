@@ -98,6 +98,8 @@ class DistillMOSFrontEnd(nn.Module):
             self.cnn.load_state_dict(distillmos_cnn_state())
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # distillmos peak-normalises every input window; its weights expect that level range.
+        audio = audio / (audio.abs().amax(-1, keepdim=True) + 1e-8)
         pad = (self.win - self.hop) // 2
         x = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
         spec = torch.stft(x, self.win, self.hop, window=torch.hann_window(self.win, device=x.device), center=False, return_complex=True)

@@ -56,4 +56,4 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
     frame_l1 = F.l1_loss(out["mos"], frame_mos)
     utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
     loss = con + mos_weight * (frame_l1 + utt_l1)
-    return loss, {"supcon": float(con), "frame_mos_l1": float(frame_l1), "utt_mos_l1": float(utt_l1)}
+    return loss, {"supcon": float(con.detach()), "frame_mos_l1": float(frame_l1.detach()), "utt_mos_l1": float(utt_l1.detach())}
