@@ -350,17 +350,22 @@ def _worker_process(task: FileTask) -> FileOutcome:
 
 
 def _run_local_pool(tasks: list[FileTask], ctx: IndexContext, workers: int) -> Iterator[FileOutcome]:
-    """Yield outcomes from a spawn-context process pool, at most 2 x workers files in flight.
+    """Yield outcomes from a forkserver process pool, at most 2 x workers files in flight.
 
     If a worker dies (killed, out of memory), the pool is rebuilt and its in-flight files are
     retried once; a file that kills a worker twice is reported failed.
     """
     import multiprocessing as mp
 
+    # forkserver: workers fork from a clean server process that has imported torch and the
+    # pipeline once (not from this process, whose torch thread pools are already running).
+    mp_ctx = mp.get_context("forkserver")
+    # librosa.filters: the log-mel basis needs it on the first embed and it takes seconds to import.
+    mp_ctx.set_forkserver_preload(["torch", "librosa.filters", "indexer.model", "indexer.pipeline"])
     pending = list(reversed(tasks))
     attempts: dict[str, int] = {}
     while pending:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(ctx,))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_ctx, initializer=_init_worker, initargs=(ctx,))
         inflight: dict[Future, FileTask] = {}
         broken = False
         try:
@@ -591,8 +596,17 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
     elif settings.workers > 1 and len(tasks) > 1:
         yield from _run_local_pool(tasks, ctx, min(settings.workers, len(tasks)))
     else:
-        for task in tasks:
-            yield process_file(ctx, model, task)
+        # One torch thread, as in every worker: intra-op threads gain little on these small
+        # convolutions and collapse when the cores are shared; use workers for parallelism.
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for task in tasks:
+                yield process_file(ctx, model, task)
+        finally:
+            torch.set_num_threads(previous)
 
 
 def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local", retry_failed: bool = False,
