@@ -105,6 +105,25 @@ def fill_store(store_dir: Path, model_name: str, n_segments: int, factory: str, 
             "rebuild_index_s": round(t_index, 1), "dim": model.dim, "factory": factory}
 
 
+def resolve_model(name: str, tmp: Path) -> tuple[str, str]:
+    """The model to serve; if the shipped 'fast' weights are not installed yet, an untrained
+    checkpoint of the same architecture (identical inference cost), said so in the report."""
+    from indexer.errors import ModelError
+    from indexer.model import load_model
+
+    try:
+        load_model(name)
+        return name, name
+    except ModelError as exc:
+        if name != "fast":
+            raise
+        from indexer.model.checkpoint import build_untrained_checkpoint
+
+        path = tmp / "untrained-fast.pt"
+        build_untrained_checkpoint(path)
+        return str(path), f"untrained checkpoint, fast architecture ({exc.message})"
+
+
 def clip_wav(seconds: float = 10.0, sr: int = 8000) -> bytes:
     """A speech-like 8 kHz mono clip with hard clipping in its second half."""
     import soundfile as sf
@@ -210,13 +229,12 @@ def main() -> None:
 
     import httpx
 
-    tmp = None
-    store_dir = args.store_dir
-    if store_dir is None:
-        tmp = tempfile.mkdtemp(prefix="degsearch-bench-")
-        store_dir = Path(tmp) / "store"
+    tmp = tempfile.mkdtemp(prefix="degsearch-bench-")
+    store_dir = args.store_dir or Path(tmp) / "store"
     report: dict = {}
     try:
+        args.model, report["model"] = resolve_model(args.model, Path(tmp))
+        print("model:", report["model"], flush=True)
         if not (store_dir / "degsearch.db").exists():
             report["fill"] = fill_store(store_dir, args.model, args.segments, args.factory)
             print("store:", json.dumps(report["fill"]), flush=True)
@@ -272,8 +290,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
 

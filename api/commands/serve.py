@@ -22,12 +22,13 @@ def register(app: typer.Typer) -> None:
         require_key_for_reads: Annotated[Optional[bool], typer.Option("--require-key-for-reads/--open-reads", help="Also require a key for reads.")] = None,
         cors_origin: Annotated[Optional[list[str]], typer.Option(help="Allowed CORS origin (repeatable); none: CORS off.")] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+        threads: Annotated[int, typer.Option(min=1, help="Compute threads per request (FAISS/torch); concurrency comes from parallel requests.")] = 1,
     ) -> None:
         """Serve the query API and the web page (http://HOST:PORT/)."""
         import uvicorn
         from rich.console import Console
 
-        from api.app import create_app
+        from api.app import create_app, set_compute_threads
         from indexer.settings import get_settings
 
         settings = get_settings(
@@ -40,5 +41,6 @@ def register(app: typer.Typer) -> None:
             require_key_for_reads=require_key_for_reads,
             cors_origins=cors_origin or None,
         )
+        set_compute_threads(threads)
         Console(stderr=True).print(f"degsearch API on http://{settings.host}:{settings.port}/ (store: {settings.store_dir})")
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
