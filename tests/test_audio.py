@@ -147,3 +147,24 @@ def test_content_hash_follows_content_not_name(tmp_path):
 def test_unknown_wav_format_tag_names_the_codec_problem(tmp_path):
     with pytest.raises(AudioDecodeError, match="unsupported codec"):
         open_audio(ix_wav_with_format_tag(tmp_path / "x.wav", tag=0x7777))
+
+
+@pytest.mark.parametrize("kind", ["noise", "clipping", "dropouts", "codec", "echo"])
+def test_demo_degradations_change_only_their_stretch(kind):
+    from indexer.demo import degrade
+
+    x = ix_speech(4.0, 8000, seed=1)
+    y = degrade(x, kind, 1.0, 2.5, np.random.default_rng(0))
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_array_equal(y[:8000], x[:8000])
+    np.testing.assert_array_equal(y[20000:], x[20000:])
+    assert np.abs(y[8000:20000] - x[8000:20000]).mean() > 1e-3
+
+
+def test_codec_roundtrip_is_aligned_with_its_input():
+    from indexer.demo import codec_roundtrip
+
+    x = tone(300, 2, 8000, 0.3)
+    y = codec_roundtrip(x, 8000, "amr122")
+    assert y.shape == x.shape
+    assert np.corrcoef(x[2000:-2000], y[2000:-2000])[0, 1] > 0.9

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify=justify)
         for row in report.rows:
             if row.kind == "none":
-                table.add_row("[dim]clean speech (false alarms)[/]", f"{row.planted_s:.0f} s", str(row.segments), f"{row.detected_s:.1f} s",
+                table.add_row("[dim]none (false alarms)[/]", f"{row.planted_s:.0f} s", str(row.segments), f"{row.detected_s:.1f} s",
                               f"{100 * row.share:.1f}%", "-" if row.mean_mos is None else f"{row.mean_mos:.2f}")
             else:
                 table.add_row(row.kind, f"{row.events} x, {row.planted_s:.0f} s", str(row.segments), f"{row.detected_s:.1f} s",
@@ -61,4 +61,5 @@ def register(app: typer.Typer) -> None:
             console.print(hits)
         else:
             console.print("no segments were detected, so there is nothing to query")
-        console.print(f"store: {settings.store_dir}  -  try: degsearch search {report.query_clip} --store-dir {settings.store_dir}")
+        model_flag = "" if model is None else f" --model {model}"
+        console.print(f"store: {settings.store_dir}  -  try: degsearch search {report.query_clip} --store-dir {settings.store_dir}{model_flag}")
