@@ -112,6 +112,7 @@ class AppState:
         self.settings = settings
         # 0: check the store generation on every request (one small SELECT); raise to throttle.
         self.refresh_interval_s = refresh_interval_s
+        self.store_retry_s = STORE_RETRY_S
         self.metrics = Metrics()
         self._store: Store | None = None
         self._store_error: str | None = None
@@ -132,7 +133,7 @@ class AppState:
         with self._store_lock:
             if self._store is not None:
                 return self._store
-            if self._store_error and time.monotonic() - self._store_failed_at < STORE_RETRY_S:
+            if self._store_error and time.monotonic() - self._store_failed_at < self.store_retry_s:
                 return None
             try:
                 from retrieval.store import Store

@@ -62,16 +62,22 @@ def test_healthz_reports_open_store_and_vector_count(client, api_store):
     assert body["segments"] == len(api_store.segments)
 
 
-def test_app_starts_degraded_when_store_cannot_open_and_recovers(tmp_path, api_checkpoint):
-    # A regular file where the store directory should be: the store cannot be opened.
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("x")
-    settings = get_settings(store_dir=blocker, model=str(api_checkpoint))
-    with TestClient(create_app(settings)) as c:
+def test_app_starts_degraded_when_store_cannot_open_and_recovers(tmp_path, api_checkpoint, api_model):
+    # No database yet (nothing indexed): a read-only open fails, the app must still start.
+    settings = get_settings(store_dir=tmp_path / "store", model=str(api_checkpoint))
+    app = create_app(settings)
+    with TestClient(app) as c:
         health = c.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "degraded" and health.json()["detail"]
-        assert_error(c.get("/v1/segments/1"), 503)
+        assert_error(c.get("/v1/segments/1"), 503, "unavailable")
         assert c.get("/").status_code == 200  # the page still loads
+        # An index run creates the store; the API picks it up without a restart.
+        from tests.conftest import populate_api_store
+
+        populate_api_store(settings, api_model, tmp_path / "audio", n_recordings=1)
+        app.state.degsearch.store_retry_s = 0.0
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/v1/segments/1").status_code == 200
 
 
 def test_metrics_expose_latency_histogram_query_counter_and_index_size(client, api_store):
