@@ -609,6 +609,21 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
             torch.set_num_threads(previous)
 
 
+def _known_states(store: Store, paths: list[str]) -> dict[str, tuple[str | None, str | None, str]]:
+    """``Store.recording_state`` for many paths at once (one query per 500 paths, not per file)."""
+    from sqlalchemy import select
+
+    from retrieval.models import Recording
+
+    out: dict[str, tuple[str | None, str | None, str]] = {}
+    with store.session() as session:
+        for start in range(0, len(paths), 500):
+            rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status)
+                                   .where(Recording.path.in_(paths[start:start + 500]))).all()
+            out.update({r[0]: (r[1], r[2], r[3]) for r in rows})
+    return out
+
+
 def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local", retry_failed: bool = False,
                   progress: bool = True, on_outcome: Callable[[FileOutcome], None] | None = None) -> IndexSummary:
     """Index ``inputs`` (folders, globs, files, CSV/JSONL manifests) into the store of ``settings``.
@@ -635,8 +650,9 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
         store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                            {"enrollments": sorted(model.enrollments)})
         ctx = build_context(store, model, settings, retry_failed=retry_failed)
+        states = _known_states(store, [t.path for t in tasks])
         for task in tasks:
-            task.state = store.recording_state(task.path)
+            task.state = states.get(task.path)
         summary.run_id = store.start_run(model.model_id, {
             "inputs": [str(i) for i in inputs], "engine": engine, "workers": settings.workers, "retry_failed": retry_failed,
             "threshold": ctx.threshold, "smooth_frames": ctx.smooth_frames, "bridge_gap_s": ctx.bridge_gap_s,
