@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--clip-requests", type=int, default=30)
     ap.add_argument("--load-requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--fill-only", action="store_true", help="only build the store (use with --store-dir)")
     args = ap.parse_args()
 
     import httpx
@@ -238,6 +239,8 @@ def main() -> None:
         if not (store_dir / "degsearch.db").exists():
             report["fill"] = fill_store(store_dir, args.model, args.segments, args.factory)
             print("store:", json.dumps(report["fill"]), flush=True)
+        if args.fill_only:
+            return
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = start_server(store_dir, args.model, port, args.factory)
