@@ -209,6 +209,21 @@ def evaluate_benchmark(bench_dir: str | Path, *, model: str | None = None, setti
     ``work_dir`` holds the temporary store (default: a fresh temp directory, removed afterwards).
     ``log`` receives one line per stage (the CLI prints them).
     """
+    import torch
+
+    # One intra-op thread, as the indexer does: on a shared 2-core machine more threads
+    # oversubscribe and run many times slower (measured ~20x under load).
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _evaluate(bench_dir, model=model, settings=settings, baselines=baselines, work_dir=work_dir, seed=seed,
+                         log=log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | None, baselines: bool,
+              work_dir: str | Path | None, seed: int, log: Callable[[str], None] | None) -> EvaluationResult:
     from indexer.audio import load_audio
     from indexer.model import load_model
     from indexer.settings import get_settings
@@ -249,7 +264,8 @@ def evaluate_benchmark(bench_dir: str | Path, *, model: str | None = None, setti
         fd = _FileData(meta, audio.duration_s, audio.orig_sr, out.embeddings, np.asarray(out.mos, np.float32), out.hop_s,
                        seg_emb, seg_valid, clips)
         t3 = time.perf_counter()
-        if dnsmos is not None and logmel is not None:
+        if dnsmos is not None and logmel is not None and (meta.split == "test" or intervals):
+            # (clean enroll files feed no baseline: DNSMOS detects on the test split only)
             fmap = dnsmos.analyse(x)
             if meta.split == "test":
                 fd.dnsmos_frame_mos = dnsmos.frame_mos(fmap, len(out), out.hop_s)
