@@ -13,7 +13,7 @@
    ``prototype_accuracy``, ``ari`` on the test split;
 4. index the test split with the real indexer (:func:`indexer.pipeline.index_archive`) into a
    temporary store whose clean enrollment is set from the same clean files -> ``index_rtf``,
-   ``detection_f1`` (detected segments of channel 0 vs events) and ``retrieval_p_at_10`` (each
+   ``detection_f1`` (detected segments of channel 0 vs events, matched one-to-one) and ``retrieval_p_at_10`` (each
    test event's audio as a query clip through :func:`retrieval.search.resolve_query`, exact top-10
    over the segments of *other* files, a hit counting when its majority label is the query's);
 5. the same embedding metrics (and, for DNSMOS, the detection metrics) for the baselines.
@@ -532,7 +532,11 @@ def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_
         "detection_f1": det.f1,
         "index_rtf": summary.realtime_factor,
         "detection": {"precision": det.precision, "recall": det.recall, "n_detections": det.n_detections,
-                      "n_events": det.n_events, "detections_ok": det.detections_ok, "events_found": det.events_found},
+                      "n_events": det.n_events, "detections_ok": det.detections_ok, "events_found": det.events_found,
+                      # share of the test audio flagged vs share truly degraded: shows over-detection at a glance
+                      "flagged_fraction": det.detected_s / max(sum(d.duration_s for d in test), 1e-9),
+                      "degraded_fraction": sum(iv[1] - iv[0] for d in test for iv in ev.merge_intervals(events[d.meta.id]))
+                      / max(sum(d.duration_s for d in test), 1e-9)},
         "index": {"files": summary.indexed, "segments": summary.segments, "audio_s": summary.audio_s,
                   "wall_s": summary.wall_s, "stage_s": summary.stage_s, "queries": len(p_all), "queries_too_short": skipped},
     }

@@ -408,19 +408,27 @@ def _overlap_matrix(a: Sequence[Interval], b: Sequence[Interval]) -> np.ndarray:
 def match_intervals(detections: Sequence[Interval], events: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray]:
     """Which detections count and which events are found, in one file.
 
-    A detection and an event match when they overlap by at least half the length of the shorter of
-    the two (BENCHMARK.md). A detection counts if it matches any event; an event is found if any
-    detection matches it. Matching is not one-to-one, so one detection spanning two events (after
-    gap bridging) finds both. Returns ``(detection_ok (n_det,), event_found (n_ev,))``.
+    A detection and an event *may* match when they overlap by at least half the length of the
+    shorter of the two (BENCHMARK.md). Matching is one-to-one (a maximum matching over those
+    pairs): a detection counts for one event only, so flagging a whole file cannot "find" every
+    event in it. Returns ``(detection_ok (n_det,), event_found (n_ev,))``.
     """
     ov = _overlap_matrix(detections, events)
+    det_ok, found = np.zeros(len(detections), bool), np.zeros(len(events), bool)
     if ov.size == 0:
-        return np.zeros(len(detections), bool), np.zeros(len(events), bool)
+        return det_ok, found
+    from scipy.optimize import linear_sum_assignment
+
     d_len = np.asarray([float(e) - float(s) for s, e, *_ in detections])
     e_len = np.asarray([float(e) - float(s) for s, e, *_ in events])
     need = 0.5 * np.minimum(d_len[:, None], e_len[None, :])
     ok = (ov >= need - 1e-9) & (ov > 0)
-    return ok.any(axis=1), ok.any(axis=0)
+    # Maximum-cardinality matching (ties broken towards larger overlap).
+    rows, cols = linear_sum_assignment(-(ok * (1.0 + 1e-3 * ov / max(float(ov.max()), 1e-9))))
+    matched = ok[rows, cols]
+    det_ok[rows[matched]] = True
+    found[cols[matched]] = True
+    return det_ok, found
 
 
 @dataclass
@@ -434,21 +442,25 @@ class DetectionScore:
     n_events: int
     detections_ok: int
     events_found: int
+    detected_s: float = 0.0  # total length of the detections
 
 
 def detection_f1(detections: Mapping[str, Sequence[Interval]], events: Mapping[str, Sequence[Interval]]) -> DetectionScore:
     """Precision, recall and F1 of detected intervals against reference events, over files.
 
-    Files present in only one mapping count with an empty list on the other side. Precision is
+    Matching as in :func:`match_intervals` (one-to-one). Files present in only one mapping count
+    with an empty list on the other side. Precision is
     ``nan`` with no detections, recall ``nan`` with no events, F1 ``0`` when either is 0.
 
     >>> detection_f1({"f": [(0.0, 1.0), (5.0, 6.0)]}, {"f": [(0.2, 1.4)]}).f1
     0.6666666666666666
     """
     n_det = n_ev = det_ok = ev_found = 0
+    detected_s = 0.0
     for key in set(detections) | set(events):
         d = list(detections.get(key, []))
         e = list(events.get(key, []))
+        detected_s += sum(float(iv[1]) - float(iv[0]) for iv in d)
         a, b = match_intervals(d, e)
         n_det += len(d)
         n_ev += len(e)
@@ -460,7 +472,7 @@ def detection_f1(detections: Mapping[str, Sequence[Interval]], events: Mapping[s
         f1 = 0.0 if (n_det or n_ev) else math.nan
     else:
         f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return DetectionScore(precision, recall, f1, n_det, n_ev, det_ok, ev_found)
+    return DetectionScore(precision, recall, f1, n_det, n_ev, det_ok, ev_found, detected_s)
 
 
 def majority_label(segment: Interval, events: Sequence[LabelledInterval]) -> str | None:

@@ -84,7 +84,10 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
     if det:
         lines += ["", f"Detection: precision {_fmt(det.get('precision'))}, recall {_fmt(det.get('recall'))} "
                       f"({det.get('events_found')}/{det.get('n_events')} events found, "
-                      f"{det.get('detections_ok')}/{det.get('n_detections')} detections on an event)."]
+                      f"{det.get('detections_ok')}/{det.get('n_detections')} detections on an event; "
+                      f"{_fmt(100 * det['flagged_fraction'] if det.get('flagged_fraction') is not None else None, 1)} % of the "
+                      f"test audio flagged, {_fmt(100 * det['degraded_fraction'] if det.get('degraded_fraction') is not None else None, 1)} % "
+                      "truly degraded)."]
     lines += ["", "Paper 003's figures come from a different test set (LibriAugmented test-clean partial mix-up) "
                   "and are given for scale only. DNSMOS detects with its window MOS and embeds with its "
                   "penultimate layer (paper 000); the log-mel baseline only embeds."]
@@ -134,6 +137,9 @@ def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     ax.plot(norm.ppf([1e-4, 1 - 1e-4]), norm.ppf([1e-4, 1 - 1e-4]), ls=":", c="grey", lw=0.8, label="EER line")
     ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    lim = norm.ppf([5e-4, 0.995])  # curves are clipped to 1e-4 at the ends; keep those out of view
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
     ax.set_xlabel("false alarm rate (%)")
     ax.set_ylabel("miss rate (%)")
     ax.set_title("Frame detection (test split)")

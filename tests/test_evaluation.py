@@ -188,9 +188,16 @@ def test_detection_f1_counts_overlap_of_half_the_shorter_interval():
     assert score.f1 == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
 
 
-def test_one_detection_spanning_two_events_finds_both():
-    det_ok, found = ev.match_intervals([(0.0, 3.0)], [(0.0, 1.0), (2.0, 3.0)])
-    assert det_ok.tolist() == [True] and found.tolist() == [True, True]
+def test_matching_is_one_to_one_so_flagging_everything_finds_one_event():
+    det_ok, found = ev.match_intervals([(0.0, 8.0)], [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)])
+    assert det_ok.tolist() == [True] and found.sum() == 1
+
+
+def test_matching_finds_the_assignment_that_matches_most_pairs():
+    # Detection A could take either event, B only the second: the maximum matching pairs A with
+    # the first event and B with the second.
+    det_ok, found = ev.match_intervals([(0.0, 3.0), (2.2, 3.2)], [(0.0, 1.0), (2.0, 3.0)])
+    assert det_ok.tolist() == [True, True] and found.tolist() == [True, True]
 
 
 def test_majority_label_and_precision_at_k():
