@@ -200,6 +200,21 @@ def _embedding_metrics(test_emb: np.ndarray, test_labels: list[str], proto: np.n
     return out, per, predicted
 
 
+def _single_only(test_emb: np.ndarray, test_labels: list[str], proto: np.ndarray, proto_names: list[str],
+                 pair_idx: np.ndarray) -> dict[str, Any]:
+    """The segment metrics restricted to single degradations (labels without ``+``, in the test
+    segments and the prototypes), as paper 003's Table 5 "Single" columns."""
+    keep = np.asarray([("+" not in lab) for lab in test_labels], dtype=bool)
+    p_keep = [k for k, name in enumerate(proto_names) if "+" not in name]
+    sub_pairs = np.flatnonzero(keep[pair_idx]) if keep.any() else np.arange(0)
+    idx = np.flatnonzero(keep)
+    out, _, _ = _embedding_metrics(test_emb[idx], [test_labels[i] for i in idx], proto[p_keep] if p_keep else proto[:0],
+                                   [proto_names[k] for k in p_keep], np.searchsorted(idx, pair_idx[sub_pairs]))
+    out["n_events"] = int(idx.size)
+    out["labels"] = len({test_labels[i] for i in idx})
+    return out
+
+
 def evaluate_benchmark(bench_dir: str | Path, *, model: str | None = None, settings: Settings | None = None,
                        baselines: bool = True, work_dir: str | Path | None = None, seed: int = 0,
                        log: Callable[[str], None] | None = None) -> EvaluationResult:
@@ -349,6 +364,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
         notes.append(f"verification EER and ARI on a seeded subsample of {MAX_PAIRWISE_SEGMENTS} of {len(test_labels)} test segments")
     seg_metrics, per_label, predicted = _embedding_metrics(test_emb, test_labels, proto, proto_names, pair_idx)
     report.update(seg_metrics)
+    report["single_degradations"] = _single_only(test_emb, test_labels, proto, proto_names, pair_idx)
     for name in per_label:
         per_label[name]["n_events"] = int(sum(1 for lab in test_labels if lab == name))
     timings["segment_metrics"] = time.perf_counter() - t0
@@ -388,6 +404,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
         d_proto, d_names = ev.class_prototypes(d_enroll, d_enroll_labels) if d_enroll_labels else (np.zeros((0, 1)), [])
         seg, per, _ = _embedding_metrics(d_test, test_labels, d_proto, d_names, pair_idx)
         dn.update(seg)
+        dn["single_degradations"] = _single_only(d_test, test_labels, d_proto, d_names, pair_idx)
         dn["per_label"] = per
         base["dnsmos"] = dn
         l_test_raw, _, _ = segments_of(test, "logmel_stats")
@@ -402,6 +419,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
             l_test, l_proto, l_names = logmel.embed(l_test_raw), np.zeros((0, 1)), []
         seg, per, _ = _embedding_metrics(l_test, test_labels, l_proto, l_names, pair_idx)
         lm.update(seg)
+        lm["single_degradations"] = _single_only(l_test, test_labels, l_proto, l_names, pair_idx)
         lm["per_label"] = per
         base["logmel"] = lm
         report["baselines"] = base

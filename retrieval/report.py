@@ -80,6 +80,15 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         row = [_fmt(report.get(key), digits), _fmt((base.get("dnsmos") or {}).get(key), digits),
                _fmt((base.get("logmel") or {}).get(key), digits), _fmt(PAPER_003.get(key), digits)]
         lines.append(f"| `{key}`{' (' + unit + ')' if unit else ''} | " + " | ".join(row) + f" | {meaning} |")
+    single = report.get("single_degradations") or {}
+    if single.get("n_events"):
+        lines += ["", f"Single degradations only ({single.get('n_events')} test events, {single.get('labels')} labels; "
+                      "paper 003 Table 5 'Single', CON1 z_scl: EER 19.4 %, accuracy 77.5 %):", "",
+                  "| key | model | DNSMOS | log-mel stats |", "| --- | ---: | ---: | ---: |"]
+        for key, unit in (("verification_eer", "%"), ("prototype_accuracy", "%"), ("ari", "")):
+            vals = [single.get(key), ((base.get("dnsmos") or {}).get("single_degradations") or {}).get(key),
+                    ((base.get("logmel") or {}).get("single_degradations") or {}).get(key)]
+            lines.append(f"| `{key}`{' (' + unit + ')' if unit else ''} | " + " | ".join(_fmt(v, 2 if unit else 3) for v in vals) + " |")
     det = report.get("detection") or {}
     if det:
         lines += ["", f"Detection: precision {_fmt(det.get('precision'))}, recall {_fmt(det.get('recall'))} "

@@ -99,6 +99,14 @@ def test_report_has_every_benchmark_key_in_range(evaluated):
     assert rep["index_rtf"] > 0.0
 
 
+def test_single_degradation_breakdown_leaves_out_joined_labels(evaluated):
+    rep, _, _ = evaluated
+    single = rep["single_degradations"]
+    assert (single["n_events"], single["labels"]) == (4, 2)
+    assert 0.0 <= single["prototype_accuracy"] <= 100.0
+    assert rep["baselines"]["logmel"]["single_degradations"]["n_events"] == 4
+
+
 def test_report_describes_model_benchmark_and_version(evaluated):
     rep, _, _ = evaluated
     assert rep["model"]["id"] and rep["model"]["frame_rate"] > 0
