@@ -150,6 +150,14 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"REAL-TIME FACTOR: {result['rtf']}x on {args.workers} worker(s), {cpus} CPU(s), model {args.model} "
           f"({result['audio_h']} h of audio in {result['wall_s']} s; target >= 500x)")
+    # Stage times are per-process CPU-bound work; on a shared machine they show what the cores
+    # would give if they were not contended.
+    busy = sum(result["stage_s"].values())
+    if busy > 0 and result["audio_h"] > 0:
+        per_hour = busy / result["audio_h"]
+        print(f"busy seconds per audio hour: {per_hour:.1f} (model {result['stage_s']['model'] / result['audio_h']:.1f}); "
+              f"implied on {args.workers} uncontended core(s): {3600 * args.workers / per_hour:.0f}x; "
+              f"load average now {os.getloadavg()[0]:.1f}")
     if args.long_hours > 0:
         long_path = build_long_file(args.long_hours)
         # A child process so its peak RSS is the long file's alone.
