@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             settings: list[tuple[str | None, int | None]] = [(None, None)]
             if kind and not index.fallback:  # a fallback is the exact flat index standing in until trained
                 name, values = SWEEPS[kind]
-                settings = [(name, v) for v in values]
+                fixed = [int(p.split("=")[1]) for p in args.param if p.split("=")[0] == name]
+                settings = [(name, v) for v in (fixed or values)]
             rows = []
             for name, value in settings:
                 if name:
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["random", "clustered"], default="random")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
+    parser.add_argument("--param", nargs="*", default=[], help="Fixed settings instead of a sweep, e.g. efSearch=256 nprobe=64.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write the tuned rows here.")
     parser.add_argument("--demo", type=Path, help="Instead: index the demo archive here and measure clip-query precision.")
