@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian tools the demo archive, the training data and the codec tests use (TTS voices, ffmpeg, sox).
 SYSTEM_PACKAGES := espeak-ng ffmpeg sox flite
 
-.PHONY: setup system-deps demo test
+.PHONY: setup system-deps train-deps demo test train
 
 setup: system-deps $(VENV)/.installed
 
@@ -25,6 +25,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,eval,train]'
 	$(BIN)/pip install -q --no-deps distillmos==0.9.1
 	touch $@
+
+# Training needs more voices than the demo: the list lives beside the corpus code.
+train-deps:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$$(tr '\n' ' ' < indexer/training/SYSTEM_PACKAGES.txt)"
+
+# Reproduces the shipped fast model's recipe (see MODEL_CARD.md): corpus + shards, then training.
+train: setup train-deps
+	$(BIN)/degsearch prepare-data data/train --shards 6000 --val-shards 500
+	$(BIN)/degsearch train --preset default --data data/train/shards --out data/models/fast.pt
 
 demo: setup
 	$(BIN)/degsearch demo
