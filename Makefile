@@ -22,7 +22,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,eval,train]'
+	$(BIN)/pip install -q -e '.[test,eval,train,ray]'
 	$(BIN)/pip install -q --no-deps distillmos==0.9.1
 	touch $@
 
