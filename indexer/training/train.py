@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     freeze_encoder_steps: int = 0  # pretrained encoders: train the head frozen first, then fine-tune
+    max_steps: int = 0  # stop after this many optimiser steps as well (0: time budget only)
     network: dict = field(default_factory=dict)
 
 
@@ -115,7 +116,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("train", total=budget, info="")
-        while time.time() - t0 < budget:
+        while time.time() - t0 < budget and not (cfg.max_steps and step >= cfg.max_steps):
             net.train()
             frac = min(1.0, (time.time() - t0) / budget)
             for g in opt.param_groups:
@@ -132,8 +133,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             step += 1
-            progress.update(task, completed=time.time() - t0, info=f"step {step} loss {float(loss):.3f}")
-            if step % cfg.eval_every == 0 or time.time() - t0 >= budget:
+            progress.update(task, completed=time.time() - t0, info=f"step {step} loss {float(loss.detach()):.3f}")
+            last = time.time() - t0 >= budget or step == cfg.max_steps
+            if step % cfg.eval_every == 0 or last:
                 net.eval()
                 model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
                 eers = validate(model, val)
@@ -143,7 +145,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                     best = eers["mean"]
                     save_checkpoint(out.with_suffix(".best.pt"), net, {"name": out.stem, "threshold": 0.0, "enrollments": {}, "recipe": recipe})
                     marker = " *best*"
-                console.print(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {float(loss):.3f}  "
+                console.print(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {float(loss.detach()):.3f}  "
                               + "  ".join(f"EER {k} {v:5.2f} %" for k, v in eers.items()) + marker)
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0}, state_path)
@@ -151,7 +153,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
 
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
     calib = calibrate(best_net, train_arrays, val)
-    model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, **calib})
+    model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, "classes": classes, **calib})
     summary = {"model_id": model_id, "path": str(out), "best_mean_eer": best, "steps": step,
                "threshold": calib["threshold"], **calib["validation"]}
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,65 @@
+"""Paper 003's loss: supervised contrastive term over frames, MOS terms, and that it trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from indexer.model.network import FrameNetwork, NetworkConfig
+from indexer.training.losses import sample_frames, supcon_frames, total_loss
+
+torch.set_num_threads(1)
+
+
+def _clustered(labels: torch.Tensor, spread: float, seed: int = 0) -> torch.Tensor:
+    """(B, T, P) unit vectors: one direction per class plus noise of ``spread``."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(int(labels.max()) + 1, 16, generator=g), dim=1)
+    return F.normalize(centres[labels] + spread * torch.randn(*labels.shape, 16, generator=g), dim=-1)
+
+
+def test_supcon_is_lower_when_frames_cluster_by_class():
+    labels = torch.arange(4).repeat_interleave(10).reshape(2, 20)
+    idx = torch.arange(40)
+    tight = supcon_frames(_clustered(labels, 0.05), labels, idx, exclude_within=0)
+    loose = supcon_frames(_clustered(labels, 5.0), labels, idx, exclude_within=0)
+    assert float(tight) < float(loose)
+
+
+def test_neighbouring_frames_of_one_utterance_are_not_positives():
+    # Every frame's only same-class frames are its direct neighbours: excluded, so no positives.
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    proj = _clustered(labels, 0.1)
+    assert float(supcon_frames(proj, labels, torch.arange(8), exclude_within=2)) == 0.0
+    assert float(supcon_frames(proj, labels, torch.arange(8), exclude_within=1)) > 0.0
+
+
+def test_frame_sampling_balances_clean_and_degraded():
+    labels = torch.zeros(4, 200, dtype=torch.long)
+    labels[:, 180:] = 3  # 10 % degraded
+    idx = sample_frames(labels, 200, torch.Generator().manual_seed(0))
+    degraded = (labels.reshape(-1)[idx] != 0).float().mean()
+    assert 0.3 < float(degraded) < 0.7
+
+
+def test_total_loss_decreases_on_a_tiny_batch():
+    torch.manual_seed(0)
+    net = FrameNetwork(NetworkConfig(channels=[8, 8, 8, 8], hidden=32, dilations=[1, 2]))
+    rng = np.random.default_rng(0)
+    audio = torch.from_numpy((0.05 * rng.standard_normal((4, 8000))).astype(np.float32))
+    audio[:, 4000:] *= 8.0  # a loud second half: a degraded region with its own class
+    labels = torch.zeros(4, 25, dtype=torch.long)
+    labels[:, 13:] = torch.tensor([1, 2, 1, 2])[:, None]
+    frame_mos = torch.where(labels == 0, 4.5, 2.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, parts = total_loss(net(audio), labels, frame_mos, frame_mos.mean(1), n_frames=100,
+                                 generator=torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        assert set(parts) == {"supcon", "frame_mos_l1", "utt_mos_l1"}
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])

@@ -1,0 +1,92 @@
+"""Training loop, validation EER and calibration on tiny synthetic shards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from indexer.model import load_model
+from indexer.model.checkpoint import read_checkpoint
+from indexer.training.calibrate import eer_threshold, frame_eer
+from indexer.training.train import PRESETS, train
+
+torch.set_num_threads(1)
+SR, CLIP_S, FRAMES = 16000, 1.0, 50
+
+
+def _voice(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n) / SR
+    phase = 2 * np.pi * np.cumsum(rng.uniform(100, 200) + 20 * np.sin(2 * np.pi * 0.8 * t)) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 10)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+    return (0.1 * x).astype(np.float32)
+
+
+def write_shards(out: Path, n: int, seed: int) -> None:
+    """Partial mix-up in miniature: clean voices with one region clipped (class 1) or noisy (class 2)."""
+    rng = np.random.default_rng(seed)
+    audio = np.empty((n, int(CLIP_S * SR)), np.float32)
+    labels = np.zeros((n, FRAMES), np.int16)
+    for i in range(n):
+        x = _voice(rng, audio.shape[1])
+        cls = i % 3  # 0: fully clean example
+        if cls:
+            a = int(rng.integers(5, 30))
+            b = a + int(rng.integers(10, 20))
+            seg = slice(a * 320, b * 320)
+            x[seg] = np.clip(x[seg] * 6, -0.1, 0.1) if cls == 1 else x[seg] + 0.1 * rng.standard_normal(b * 320 - a * 320)
+            labels[i, a:b] = cls
+        audio[i] = x
+    frame_mos = np.where(labels == 0, 4.3, 2.0).astype(np.float32)
+    out.mkdir(parents=True)
+    np.savez(out / "shard_00000.npz", audio=audio, frame_labels=labels, frame_mos=frame_mos,
+             utt_mos=frame_mos.mean(1), narrowband=np.arange(n) % 2 == 0, real=np.ones(n, bool))
+    (out / "classes.json").write_text(json.dumps(["clean", "clipping", "noise_white"]))
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root / "train", 24, 0)
+    write_shards(root / "val_real", 12, 1)
+    write_shards(root / "val_heldout_catalog", 12, 2)
+    return root
+
+
+def test_frame_eer_of_perfect_reversed_and_random_scores():
+    pos = np.r_[np.zeros(500, bool), np.ones(500, bool)]
+    scores = np.r_[np.zeros(500), np.ones(500)]
+    assert frame_eer(scores, pos) == 0.0
+    assert frame_eer(-scores, pos) == 100.0
+    assert abs(frame_eer(np.random.default_rng(0).random(1000), pos) - 50) < 6
+    assert 0.0 < eer_threshold(scores + 0.5 * (np.arange(1000) % 2), pos) <= 1.5
+
+
+def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, tmp_path):
+    cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                  network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    out = tmp_path / "m.pt"
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    summary = train(shard_root, out, cfg, console=console)
+    assert summary["steps"] >= 1 and 0.0 <= summary["best_mean_eer"] <= 100.0
+    model = load_model(str(out))
+    assert model.model_id == summary["model_id"]
+    assert set(model.enrollments) == {"wideband", "narrowband"}
+    assert np.allclose([np.linalg.norm(v) for v in model.enrollments.values()], 1.0, atol=1e-5)
+    meta = read_checkpoint(out)["meta"]
+    assert meta["classes"] == ["clean", "clipping", "noise_white"]
+    assert meta["recipe"]["train_config"]["seed"] == 0
+    assert meta["history"] and "eer_val_real" in meta["history"][0] and "eer_val_heldout_catalog" in meta["history"][0]
+    assert {"frame_eer_val_real", "frame_eer_val_heldout_catalog"} <= set(meta["validation"])
+    assert model.embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 64)
+
+    steps = summary["steps"]
+    again = train(shard_root, out, replace(cfg, max_steps=3), resume=True, console=console)
+    console.file.close()
+    assert steps == 2 and again["steps"] == 3
+    assert f"resumed at step {steps}" in (tmp_path / "log.txt").read_text()
