@@ -101,7 +101,7 @@ def _delay(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
 
 DEMO_SR = 8000
 DEMO_CALL_S = 24.0
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 AGENTS = {"alice": "en-us+f3", "bob": "en-gb+m3", "carol": "en-us+f2"}
 CUSTOMER_VOICES = ["en-us+m1", "en-gb+f2", "en-us+m4", "en-gb-x-rp+m2", "en-us+f4", "en+m2"]
 AGENT_LINES = [
@@ -138,6 +138,7 @@ PLANTED = [
     (9, 0, 8.0, 15.0, "codec"),
 ]
 N_CALLS = 10
+N_REFERENCE_CALLS = 2  # known-good calls, not indexed: the store's clean enrollment
 DEGRADATIONS = ("noise", "clipping", "dropouts", "codec", "echo")
 
 
@@ -229,7 +230,8 @@ def generate_demo_archive(out_dir: str | Path, *, force: bool = False) -> Path:
     """Write the demo archive into ``out_dir/archive``: ten 24 s stereo 8 kHz calls (agent on
     channel 0, customer on channel 1; two clean, the rest with planted noise, clipping, packet
     loss, AMR codec and echo stretches), ``manifest.csv`` (path, call_id, agent, date) and
-    ``planted.json`` (the degraded stretches). Offline and deterministic; returns the manifest path.
+    ``planted.json`` (the degraded stretches), plus two clean reference calls in
+    ``out_dir/reference`` for the clean enrollment. Offline and deterministic; returns the manifest path.
     An archive of the same version already there is reused unless ``force``.
     """
     import csv
@@ -260,6 +262,14 @@ def generate_demo_archive(out_dir: str | Path, *, force: bool = False) -> Path:
         sf.write(str(archive / name), audio.T, DEMO_SR, subtype="PCM_16")
         rows.append({"path": name, "call_id": f"C{1000 + call}", "agent": agent, "date": f"2026-11-{1 + call:02d}"})
         events += [{"path": name, "channel": ch, "start_s": s, "end_s": e, "kind": k} for c, ch, s, e, k in PLANTED if c == call]
+    # Known-good calls of the same line, as a QA team would pick: their noise floor and band are
+    # part of "clean" for this archive (the model's built-in enrollment flags a line-noise floor).
+    reference = Path(out_dir) / "reference"
+    reference.mkdir(parents=True, exist_ok=True)
+    for i in range(N_REFERENCE_CALLS):
+        call = N_CALLS + i
+        audio = _conversation(call, agents[call % len(agents)], np.random.default_rng(1000 + call))
+        sf.write(str(reference / f"reference_{i:02d}.wav"), audio.T, DEMO_SR, subtype="PCM_16")
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "call_id", "agent", "date"])
         writer.writeheader()
@@ -395,7 +405,7 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
     import soundfile as sf
 
     from indexer.model import load_model
-    from indexer.pipeline import index_archive
+    from indexer.pipeline import index_archive, set_clean_enrollment
     from retrieval.store import Store
 
     out = Path(out_dir)
@@ -403,6 +413,14 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
     planted = json.loads((manifest.parent / "planted.json").read_text())
     if settings.database_url is None:
         settings.store_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model(str(settings.model))
+    store = Store.open(settings)
+    try:
+        store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
+                           {"enrollments": sorted(model.enrollments)})
+        set_clean_enrollment(store, model, sorted(str(p) for p in (out / "reference").glob("*.wav")))
+    finally:
+        store.close()
     summary = index_archive([str(manifest)], settings, progress=progress)
     # The example query: the first planted stretch, cut out as a mono clip.
     _, ch, start, end, kind = PLANTED[QUERY_EVENT]
@@ -410,7 +428,6 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
     data, sr = sf.read(str(manifest.parent / ev["path"]), dtype="float32", always_2d=True)
     clip = out / f"query_{kind}.wav"
     sf.write(str(clip), data[int(start * sr):int(end * sr), ch], sr, subtype="PCM_16")
-    model = load_model(str(settings.model))
     store = Store.open(settings, readonly=True)
     try:
         rows, total = summarise_demo(store, planted)
