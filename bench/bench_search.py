@@ -141,7 +141,7 @@ def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) 
 
     from indexer.demo import _planted_kind, generate_demo_archive
     from indexer.model import load_model
-    from indexer.pipeline import index_archive
+    from indexer.pipeline import index_archive, set_clean_enrollment
     from indexer.settings import get_settings
     from retrieval.search import resolve_query, search
     from retrieval.store import Store
@@ -150,8 +150,15 @@ def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) 
     manifest = generate_demo_archive(out_dir)
     planted = _json.loads((manifest.parent / "planted.json").read_text())
     settings.store_dir.mkdir(parents=True, exist_ok=True)
-    index_archive([str(manifest)], settings, progress=False)
     frame_model = load_model(model)
+    writer = Store.open(settings)
+    try:  # the demo's clean enrollment: its reference calls, as `degsearch demo` does
+        writer.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
+                            frame_model.threshold, {})
+        set_clean_enrollment(writer, frame_model, sorted(str(p) for p in (out_dir / "reference").glob("*.wav")))
+    finally:
+        writer.close()
+    index_archive([str(manifest)], settings, progress=False)
     per_kind: dict[str, list[list[float]]] = {}
     store = Store.open(settings, readonly=True)
     try:
