@@ -20,13 +20,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from indexer.errors import ModelError
+from indexer.training.teacher import dnsmos_model_path
 from retrieval.evaluation import frame_centres, normalize_rows
 
 SR = 16000
@@ -40,17 +40,6 @@ _HEAD = (  # (weight, bias) initializers of the dense head, in order
     ("mos_estimator_logpow/dense_1/MatMul/ReadVariableOp/resource:0", "mos_estimator_logpow/dense_1/BiasAdd/ReadVariableOp/resource:0"),
     ("mos_estimator_logpow/dense_3/MatMul/ReadVariableOp/resource:0", "mos_estimator_logpow/dense_3/BiasAdd/ReadVariableOp/resource:0"),
 )
-
-
-def dnsmos_model_path() -> Path:
-    """Path of the DNSMOS P.835 ONNX file shipped inside the ``speechmos`` package."""
-    spec = importlib.util.find_spec("speechmos")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the speechmos package is not installed", "pip install 'degsearch[eval]' (speechmos ships DNSMOS)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "dnsmos_models" / "sig_bak_ovr.onnx"
-    if not path.exists():
-        raise ModelError(f"DNSMOS model missing at {path}", "reinstall speechmos")
-    return path
 
 
 @dataclass

@@ -169,7 +169,8 @@ def test_dnsmos_graph_edit_reproduces_dnsmos_on_its_native_input():
     """The length-free graph plus the numpy head give DNSMOS's own output on a 9.01 s input."""
     import onnxruntime as ort
 
-    from retrieval.baselines import DNSMOSBaseline, dnsmos_model_path
+    from indexer.training.teacher import dnsmos_model_path
+    from retrieval.baselines import DNSMOSBaseline
 
     x = np.tile(_speech(1.0, seed=3), 19)[: 144160] * 2.0  # DNSMOS's native 9.01 s at 16 kHz
     ref = ort.InferenceSession(str(dnsmos_model_path())).run(None, {"input_1": x[None, :]})[0][0]

@@ -39,12 +39,13 @@ SR = 16000
 _INPUT_LEN = int(9.01 * SR)
 
 
-def _dnsmos_path() -> Path:
+def dnsmos_model_path() -> Path:
+    """Path of the DNSMOS P.835 ONNX file shipped inside the ``speechmos`` package."""
     import importlib.util
 
     spec = importlib.util.find_spec("speechmos")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the speechmos package is not installed", "pip install speechmos (it ships the DNSMOS ONNX files)")
+        raise ModelError("the speechmos package is not installed", "pip install 'degsearch[train]' (speechmos ships DNSMOS)")
     path = Path(list(spec.submodule_search_locations)[0]) / "dnsmos_models" / "sig_bak_ovr.onnx"
     if not path.exists():
         raise ModelError(f"DNSMOS model missing at {path}", "reinstall speechmos")
@@ -62,7 +63,7 @@ class DNSMOSTeacher:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(_dnsmos_path()), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(dnsmos_model_path()), opts, providers=["CPUExecutionProvider"])
         self.cache = cache or TeacherCache()
 
     def score(self, x: np.ndarray, key: str | None = None) -> float:
