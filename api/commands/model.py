@@ -37,6 +37,12 @@ def _register_prepare_data(app: typer.Typer) -> None:
             _build_all(data_dir, data_dir / "shards", shards, val_shards, seed, workers, console)
 
 
+def _print_shard_info(console, out: Path, info: dict) -> None:
+    """One line summarising a shard set written by ``build_shards``."""
+    console.print(f"{out}: {info['n_examples']} examples in {info['shards']} shards, {info['classes']} classes, "
+                  f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
+
+
 def _build_all(data_dir: Path, out: Path, n_train: int, n_val: int, seed: int, workers: int, console) -> None:
     from indexer.training.shards import build_shards
 
@@ -46,8 +52,7 @@ def _build_all(data_dir: Path, out: Path, n_train: int, n_val: int, seed: int, w
     for name, n, split, catalog in sets:
         info = build_shards(data_dir, out / name, n, seed=seed + (0 if name == "train" else 1000), split=split,
                             catalog=catalog, workers=workers, log=console.print)
-        console.print(f"{out / name}: {info['n_examples']} examples, {info['classes']} classes, "
-                      f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
+        _print_shard_info(console, out / name, info)
 
 
 def _register_build_shards(app: typer.Typer) -> None:
@@ -72,8 +77,7 @@ def _register_build_shards(app: typer.Typer) -> None:
         console = Console(stderr=True)
         info = build_shards(data_dir, out_dir, n, seed=seed, split=split, clip_s=clip_s, catalog=catalog,
                             shard_size=shard_size, workers=workers, teacher=teacher, log=console.print)
-        console.print(f"{out_dir}: {info['n_examples']} examples in {info['shards']} shards, {info['classes']} classes, "
-                      f"narrowband {info['narrowband_fraction']:.0%}, real {info['real_fraction']:.0%}, {info['seconds']} s")
+        _print_shard_info(console, out_dir, info)
 
 
 def _register_make_benchmark(app: typer.Typer) -> None:

@@ -296,6 +296,13 @@ def fetch_packages(raw_dir: Path, packages: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
+# Debian packages that keep real speech in one folder per language: package -> (group prefix, folder).
+_LANGUAGE_FOLDERS = {
+    "klettres-data": ("klettres", "usr/share/klettres"),
+    "ktuberling-data": ("ktuberling", "usr/share/ktuberling/sounds"),
+}
+
+
 def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]:
     """Map group id -> (nominal native rate, files) over the speech packages."""
     groups: dict[str, tuple[int, list[Path]]] = {}
@@ -305,18 +312,12 @@ def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]
             files = sorted((root / "usr/share/asterisk/sounds").rglob("*.wav"))
             # Prompts are words, digits and sentences; concatenation turns the short ones into phrases.
             groups[f"asterisk:{lang}"] = (8000, files)
-        elif pkg == "klettres-data":
-            base = root / "usr/share/klettres"
-            for d in sorted(p for p in base.iterdir() if p.is_dir()):
+        elif pkg in _LANGUAGE_FOLDERS:  # one folder per language: each is its own speaker group
+            prefix, sub = _LANGUAGE_FOLDERS[pkg]
+            for d in sorted(p for p in (root / sub).iterdir() if p.is_dir()):
                 files = sorted(list(d.rglob("*.ogg")) + list(d.rglob("*.wav")))
                 if files:
-                    groups[f"klettres:{d.name}"] = (44100, files)
-        elif pkg == "ktuberling-data":
-            base = root / "usr/share/ktuberling/sounds"
-            for d in sorted(p for p in base.iterdir() if p.is_dir()):
-                files = sorted(list(d.rglob("*.ogg")) + list(d.rglob("*.wav")))
-                if files:
-                    groups[f"ktuberling:{d.name}"] = (44100, files)
+                    groups[f"{prefix}:{d.name}"] = (44100, files)
         elif pkg == "hedgewars-data":
             base = root / "usr/share/games/hedgewars/Data/Sounds/voices"
             if base.exists():
