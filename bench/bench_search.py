@@ -72,15 +72,11 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0]) & set(e)) / k for f, e in zip(found, exact)]))
 
 
-def set_param(index, name: str, value: int) -> None:
-    """Set HNSW efSearch or IVF nprobe on the index inside the store's id map."""
+def set_param(index, name: str, value: float) -> None:
+    """Set a FAISS search parameter (efSearch, nprobe, k_factor_rf, ...) on the index inside the id map."""
     import faiss
 
-    inner = faiss.downcast_index(index._index.index)
-    if name == "efSearch":
-        inner.hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(inner).nprobe = value
+    faiss.ParameterSpace().set_index_parameter(faiss.downcast_index(index._index.index), name, float(value))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -108,17 +104,21 @@ def run(args: argparse.Namespace) -> list[dict]:
             faiss.omp_set_num_threads(args.threads)
             kind = next((key for key in SWEEPS if factory.upper().startswith(key)), None)
             settings: list[tuple[str | None, int | None]] = [(None, None)]
+            extra = ""
             if kind and not index.fallback:  # a fallback is the exact flat index standing in until trained
                 name, values = SWEEPS[kind]
                 fixed = [int(p.split("=")[1]) for p in args.param if p.split("=")[0] == name]
                 settings = [(name, v) for v in (fixed or values)]
+                for other in (p for p in args.param if p.split("=")[0] not in (name, *(n for n, _ in SWEEPS.values()))):
+                    set_param(index, other.split("=")[0], float(other.split("=")[1]))  # e.g. k_factor_rf
+                    extra += f",{other}"
             rows = []
             for name, value in settings:
                 if name:
                     set_param(index, name, value)
                 timed_queries(index, queries[: min(20, len(queries))], args.k)  # warm-up
                 found, times = timed_queries(index, queries, args.k)
-                row = {"n": n, "factory": factory, "param": f"{name}={value}" if name else ("untrained: flat" if index.fallback else "-"), "build_s": round(build_s, 1),
+                row = {"n": n, "factory": factory, "param": f"{name}={value}{extra}" if name else ("untrained: flat" if index.fallback else "-"), "build_s": round(build_s, 1),
                        "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 3), "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 3),
                        "recall@10": round(recall_at_k(found, exact), 4)}
                 rows.append(row)
@@ -193,7 +193,8 @@ def main() -> None:
     parser.add_argument("--data", choices=["random", "clustered"], default="random")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
-    parser.add_argument("--param", nargs="*", default=[], help="Fixed settings instead of a sweep, e.g. efSearch=256 nprobe=64.")
+    parser.add_argument("--param", nargs="*", default=[],
+                        help="Fixed settings instead of a sweep, e.g. efSearch=256 nprobe=64; others (k_factor_rf=16) are set as given.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write the tuned rows here.")
     parser.add_argument("--demo", type=Path, help="Instead: index the demo archive here and measure clip-query precision.")

@@ -31,17 +31,3 @@ def log_mel(audio: torch.Tensor) -> torch.Tensor:
     power = spec.real.square() + spec.imag.square()
     mel = torch.matmul(_mel_basis(), power)
     return torch.log(mel + 1e-6)
-
-
-def channel_augment(feats: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random smooth EQ (+-6 dB) and level shift (+-10 dB) per example, on natural-log mel power.
-
-    Makes the model treat microphone/channel colouring and level as nuisances (MODEL_NOTES: it
-    improved segment metrics and did not hurt detection).
-    """
-    b, m, _ = feats.shape
-    db_to_ln = float(np.log(10.0) / 10.0)
-    anchors = (torch.rand(b, 1, 6, generator=generator) * 12.0 - 6.0) * db_to_ln
-    eq = torch.nn.functional.interpolate(anchors, size=m, mode="linear", align_corners=True).transpose(1, 2)
-    level = (torch.rand(b, 1, 1, generator=generator) * 20.0 - 10.0) * db_to_ln
-    return feats + eq + level

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         description="FAISS index factory string (inner product on L2-normalised vectors): 'Flat' (exact), "
         "'HNSW32', 'IVF1024,PQ16', ...",
     )
+    faiss_params: str = Field(
+        "",
+        description="FAISS search parameters for approximate factories, comma-separated name=value: "
+        "'efSearch=256' (HNSW), 'nprobe=64' (IVF; default 16), 'k_factor_rf=32' (refine, ...RFlat). "
+        "Higher: better recall, slower (see bench/bench_search.py).",
+    )
 
     # --- model and detection ---------------------------------------------------------------
     model: str = Field("fast", description="'fast', 'accurate', or a path to a checkpoint file.")

@@ -286,13 +286,13 @@ def _upgrade(engine: Engine, url: str) -> None:
         raise _db_unusable(url, exc) from exc
 
 
-def _load_index_settled(path: Path, *, readonly: bool) -> tuple[VectorIndex, IndexMeta]:
+def _load_index_settled(path: Path, *, readonly: bool, params: str) -> tuple[VectorIndex, IndexMeta]:
     """:func:`load_index`, retried briefly for readers: a writer replaces the file, then its
     sidecar, so a reader can catch one new and one old for a moment."""
     attempts = 3 if readonly else 1
     for attempt in range(attempts):
         try:
-            return load_index(path)
+            return load_index(path, params)
         except IndexFileError:
             if attempt == attempts - 1 or not writer_active(path.parent):
                 raise
@@ -467,7 +467,7 @@ class Store:
                 reason = "database has no vectors"
         else:
             try:
-                loaded, meta = _load_index_settled(path, readonly=self.readonly)
+                loaded, meta = _load_index_settled(path, readonly=self.readonly, params=self.settings.faiss_params)
                 if state is not None and meta.generation != state.generation:
                     reason = f"generation {meta.generation} of {path} differs from the database's {state.generation}"
                 elif loaded.factory != factory:
@@ -518,7 +518,7 @@ class Store:
         return ids_out, np.frombuffer(blob, dtype="<f4").reshape(len(rows), dim).astype(np.float32)
 
     def _build_from_db(self, dim: int, factory: str) -> VectorIndex:
-        vectors = VectorIndex(dim, factory)
+        vectors = VectorIndex(dim, factory, params=self.settings.faiss_params)
         last = -1
         with self.session() as session:
             while True:
@@ -621,7 +621,7 @@ class Store:
         if vecs.shape[0] and (self._vectors is None or (self._vectors.ntotal == 0 and self._vectors.dim != vecs.shape[1])):
             # First vectors of the store: build the index now so a factory that cannot work for
             # this dimension fails (ConfigError) before anything is committed.
-            self._vectors = VectorIndex(vecs.shape[1], self._effective_factory(self._state_row()))
+            self._vectors = VectorIndex(vecs.shape[1], self._effective_factory(self._state_row()), params=self.settings.faiss_params)
         with self.write_session() as session:
             dim = self._store_dim(session)
             if vecs.shape[0] and dim is not None and vecs.shape[1] != dim:
@@ -674,7 +674,7 @@ class Store:
             if added.size:
                 if self._vectors is None:
                     factory = self._effective_factory(self._state_row())
-                    self._vectors = VectorIndex(vecs.shape[1], factory)
+                    self._vectors = VectorIndex(vecs.shape[1], factory, params=self.settings.faiss_params)
                 self._vectors.add(added, vecs)
         except Exception:
             # The database has the truth; the next flush/open re-syncs FAISS from it.
@@ -803,7 +803,7 @@ class Store:
         vectors = self._vectors
         if seen[0] != self._seen[0]:
             try:
-                loaded, meta = _load_index_settled(self.settings.index_path, readonly=True)
+                loaded, meta = _load_index_settled(self.settings.index_path, readonly=True, params=self.settings.faiss_params)
                 if meta.generation == seen[0] and (db_dim is None or loaded.dim == db_dim):
                     vectors = loaded
             except IndexFileError as exc:

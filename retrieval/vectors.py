@@ -37,7 +37,8 @@ from indexer.errors import ConfigError, StoreError
 log = logging.getLogger("degsearch.store")
 
 SIDECAR_VERSION = 1
-# IVF probes per query: a recall/speed trade-off; small archives are exact anyway (fallback).
+# IVF probes per query unless ``params`` says otherwise: a recall/speed trade-off; small
+# archives are exact anyway (fallback).
 DEFAULT_NPROBE = 16
 
 
@@ -151,10 +152,12 @@ class IndexMeta:
 class VectorIndex:
     """Segment vectors in FAISS, keyed by segment id; thread-safe (one lock around the index)."""
 
-    def __init__(self, dim: int, factory: str = "Flat", *, _index: Any = None, fallback: bool | None = None) -> None:
+    def __init__(self, dim: int, factory: str = "Flat", *, params: str = "", _index: Any = None,
+                 fallback: bool | None = None) -> None:
         faiss = _faiss()
         self.dim = int(dim)
         self.factory = factory
+        self.params = params  # FAISS ParameterSpace string applied once trained, e.g. "efSearch=256"
         self.min_train = min_training_points(self.dim, factory)  # also validates factory vs dim
         self._lock = threading.RLock()
         self._deleted: set[int] = set()  # tombstones for indexes that cannot remove (HNSW)
@@ -235,7 +238,7 @@ class VectorIndex:
             if not self._deleted:
                 return
             ids, vecs = self.reconstruct_all()
-            fresh = VectorIndex(self.dim, self.factory)
+            fresh = VectorIndex(self.dim, self.factory, params=self.params)
             fresh.add(ids, vecs)
             self._index, self.fallback, self._deleted = fresh._index, fresh.fallback, set()
             self._tune()
@@ -266,12 +269,24 @@ class VectorIndex:
         self._tune()
 
     def _tune(self) -> None:
+        """Apply the search-time parameters: IVF ``nprobe`` 16 by default, then ``self.params``."""
         faiss = _faiss()
-        try:
-            ivf = faiss.extract_index_ivf(self._index.index)
-        except RuntimeError:
+        if self.fallback:
             return
-        ivf.nprobe = min(int(ivf.nlist), DEFAULT_NPROBE)
+        inner = faiss.downcast_index(self._index.index)
+        try:
+            ivf = faiss.extract_index_ivf(inner)
+            ivf.nprobe = min(int(ivf.nlist), DEFAULT_NPROBE)
+        except RuntimeError:
+            pass
+        for item in filter(None, (p.strip() for p in self.params.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                faiss.ParameterSpace().set_index_parameter(inner, name.strip(), float(value))
+            except (RuntimeError, ValueError) as exc:
+                raise ConfigError(f"FAISS search parameter {item!r} does not apply to index {self.factory!r}",
+                                  "use name=value pairs the index has: nprobe (IVF), efSearch (HNSW), "
+                                  "k_factor_rf (refine, ...RFlat), or leave --faiss-params empty") from exc
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -342,8 +357,9 @@ def _order(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], sims[order]
 
 
-def load_index(path: Path) -> tuple[VectorIndex, IndexMeta]:
-    """Read and verify an index file and its sidecar; :class:`IndexFileError` says what is wrong."""
+def load_index(path: Path, params: str = "") -> tuple[VectorIndex, IndexMeta]:
+    """Read and verify an index file and its sidecar (search ``params`` as :class:`VectorIndex`);
+    :class:`IndexFileError` says what is wrong."""
     faiss = _faiss()
     path = Path(path)
     side = sidecar_path(path)
@@ -370,7 +386,7 @@ def load_index(path: Path) -> tuple[VectorIndex, IndexMeta]:
     if index.ntotal != meta.count:
         raise IndexFileError(f"FAISS file {path} holds {index.ntotal} vectors, its sidecar says {meta.count}")
     try:
-        vi = VectorIndex(index.d, meta.factory, _index=index, fallback=meta.fallback)
+        vi = VectorIndex(index.d, meta.factory, params=params, _index=index, fallback=meta.fallback)
     except ConfigError as exc:
         raise IndexFileError(f"FAISS file {path}: {exc.message}") from exc
     return vi, meta

@@ -12,7 +12,7 @@ import torch
 from indexer.errors import ModelError
 from indexer.model import FrameModel, load_model
 from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, read_checkpoint, save_checkpoint
-from indexer.model.network import FRAME_HOP, DistillMOSFrontEnd, FrameNetwork, NetworkConfig, distillmos_cnn_state
+from indexer.model.network import FRAME_HOP, DistillMOSFrontEnd, FrameNetwork, NetworkConfig, distillmos_cnn_state, fold_batchnorm
 
 torch.set_num_threads(1)
 SR = 16000
@@ -177,3 +177,22 @@ def test_hf_encoder_from_a_saved_tiny_random_wav2vec2(tmp_path):
     with torch.inference_mode():
         direct = net(torch.from_numpy(np.pad(x, (50 * FRAME_HOP, 50 * FRAME_HOP + 65 * FRAME_HOP - x.size)))[None])
     np.testing.assert_allclose(loaded.embed(x).embeddings, direct["emb"][0, 50:115].numpy(), atol=1e-4)
+
+
+def test_inference_copy_with_folded_batchnorm_matches_the_trained_network():
+    torch.manual_seed(3)
+    net = FrameNetwork(NetworkConfig())
+    for m in net.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in folded.modules())
+    x = torch.from_numpy(voice(2.0))[None]
+    with torch.inference_mode():
+        ref, out = net(x), folded(x, project=False)
+    assert "proj" not in out
+    np.testing.assert_allclose(out["emb"].numpy(), ref["emb"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["mos"].numpy(), ref["mos"].numpy(), atol=1e-5)

@@ -143,3 +143,26 @@ def test_load_index_names_what_is_wrong_with_the_file(tmp_path):
     with pytest.raises(IndexFileError, match="corrupt or truncated"):
         load_index(path)
     assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_search_params_reach_the_index_and_survive_training_and_reload(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    factory = "IVF8,Flat"
+    index = VectorIndex(STORE_DIM, factory, params="nprobe=3")
+    vecs = _unit(rng, min_training_points(STORE_DIM, factory) + 10)
+    index.add(np.arange(1, len(vecs) + 1, dtype=np.int64), vecs)
+    assert not index.fallback
+    assert faiss.extract_index_ivf(faiss.downcast_index(index._index.index)).nprobe == 3
+    path = tmp_path / "ivf.faiss"
+    index.save(path, IndexMeta(generation=1, dim=STORE_DIM, count=0, factory=factory))
+    loaded, _ = load_index(path, "nprobe=8")
+    assert faiss.extract_index_ivf(faiss.downcast_index(loaded._index.index)).nprobe == 8
+    hnsw = VectorIndex(STORE_DIM, "HNSW8", params="efSearch=77")
+    assert faiss.downcast_index(hnsw._index.index).hnsw.efSearch == 77
+
+
+def test_search_param_the_index_lacks_is_a_config_error():
+    with pytest.raises(ConfigError, match="nprobe"):
+        VectorIndex(STORE_DIM, "HNSW8", params="nprobe=4")

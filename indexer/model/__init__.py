@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from indexer.errors import ModelError
-from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, n_frames
+from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batchnorm, n_frames
 from indexer.records import FrameOutput
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -29,7 +29,7 @@ class FrameModel:
 
     def __init__(self, network: FrameNetwork, *, model_id: str, name: str, threshold: float,
                  enrollments: dict[str, np.ndarray], meta: dict | None = None) -> None:
-        self.network = network.eval()
+        self.network = fold_batchnorm(network)  # inference copy; the caller's network is left as it is
         self.model_id = model_id
         self.name = name
         self.threshold = float(threshold)
@@ -66,7 +66,7 @@ class FrameModel:
                 batch = np.stack([src[s * FRAME_HOP : s * FRAME_HOP + span] for s in group])
                 if len(starts) == 1:  # short signal: no need to compute the padding window
                     batch = batch[:, : (t_total + 2 * margin) * FRAME_HOP]
-                out = self.network(torch.from_numpy(batch))
+                out = self.network(torch.from_numpy(batch), project=False)
                 for i, s in enumerate(group):
                     n = min(win, t_total - s)
                     emb[s : s + n] = out["emb"][i, margin : margin + n].numpy()

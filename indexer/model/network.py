@@ -8,6 +8,7 @@ the contrastive loss sees.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -176,11 +177,11 @@ class FrameNetwork(nn.Module):
         self.emb_head = nn.Conv1d(cfg.hidden, cfg.emb_dim, 1)
         self.proj_head = nn.Sequential(nn.Conv1d(cfg.emb_dim, cfg.proj_dim, 1), nn.ReLU(), nn.Conv1d(cfg.proj_dim, cfg.proj_dim, 1))
 
-    def forward(self, audio: torch.Tensor, feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, feats: torch.Tensor | None = None, *, project: bool = True) -> dict[str, torch.Tensor]:
         """(B, N) waveform (or precomputed log-mel ``feats`` for the fast encoder) -> per-frame outputs.
 
-        Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5 and ``proj`` (B, T, P)
-        L2-normalised, with T = ceil(N / 320).
+        Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5 and, with ``project``
+        (training: only the loss uses it), ``proj`` (B, T, P) L2-normalised; T = ceil(N / 320).
         """
         t = n_frames(audio.shape[-1])
         if feats is not None:
@@ -192,8 +193,37 @@ class FrameNetwork(nn.Module):
         emb_raw = self.emb_head(h)
         emb = F.normalize(emb_raw, dim=1)
         mos = 1.0 + 4.0 * torch.sigmoid(self.mos_head(h).squeeze(1))
-        proj = F.normalize(self.proj_head(emb), dim=1)
-        return {"emb": emb.transpose(1, 2), "mos": mos, "proj": proj.transpose(1, 2)}
+        out = {"emb": emb.transpose(1, 2), "mos": mos}
+        if project:
+            out["proj"] = F.normalize(self.proj_head(emb), dim=1).transpose(1, 2)
+        return out
+
+
+def fold_batchnorm(net: FrameNetwork) -> FrameNetwork:
+    """An inference copy of ``net`` with every BatchNorm folded into the convolution before it.
+
+    Same outputs (to float rounding) in eval mode, ~1.5x faster on CPU: the fast model spends
+    most of its time in these small convolutions.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(seq: nn.Sequential) -> nn.Sequential:
+        out: list[nn.Module] = []
+        for m in seq:
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and out and isinstance(out[-1], (nn.Conv1d, nn.Conv2d)):
+                out[-1] = fuse_conv_bn_eval(out[-1], m)
+            else:
+                out.append(m)
+        return nn.Sequential(*out)
+
+    folded = copy.deepcopy(net).eval()
+    if isinstance(folded.encoder, LogMelCNN):
+        folded.encoder.convs = fold(folded.encoder.convs)
+    folded.inp = fold(folded.inp)
+    for block in folded.temporal:
+        block.conv = fuse_conv_bn_eval(block.conv, block.norm)
+        block.norm = nn.Identity()
+    return folded
 
 
 def _fit_length(h: torch.Tensor, t: int) -> torch.Tensor:

@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from indexer.errors import ConfigError
-from indexer.features import channel_augment, log_mel
+from indexer.features import log_mel
 from indexer.model import FrameModel
 from indexer.model.checkpoint import save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
+from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer
 from indexer.training.losses import total_loss
 from indexer.training.shards import load_shards
@@ -44,7 +45,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     freeze_encoder_steps: int = 0  # pretrained encoders: train the head frozen first, then fine-tune
-    max_steps: int = 0  # stop after this many optimiser steps as well (0: time budget only)
+    max_steps: int = 0  # step budget; also sets the LR schedule (0: the time budget only)
+    noise_floor_p: float = 0.5  # share of clips given a faint noise floor (35-60 dB below the speech), labels unchanged
     network: dict = field(default_factory=dict)
 
 
@@ -111,6 +113,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     labels_t = torch.from_numpy(train_arrays["frame_labels"].astype(np.int64))
     fmos_t = torch.from_numpy(train_arrays["frame_mos"])
     umos_t = torch.from_numpy(train_arrays["utt_mos"])
+    narrow_t = torch.from_numpy(train_arrays["narrowband"].astype(bool))
     t0 = time.time() - elapsed0
     recipe = {"train_config": asdict(cfg), "data": str(data), "train_examples": n, "classes": classes}
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -118,12 +121,16 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
         task = progress.add_task("train", total=budget, info="")
         while time.time() - t0 < budget and not (cfg.max_steps and step >= cfg.max_steps):
             net.train()
-            frac = min(1.0, (time.time() - t0) / budget)
+            # The cosine schedule follows the step budget when there is one (same recipe on any
+            # machine), else the wall-clock budget.
+            frac = step / cfg.max_steps if cfg.max_steps else min(1.0, (time.time() - t0) / budget)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
             net.encoder.requires_grad_(not (cfg.encoder != "logmel_cnn" and step < cfg.freeze_encoder_steps))
             idx = torch.from_numpy(rng.choice(n, cfg.batch_size, replace=False))
             audio = audio_t[idx] * float(10 ** rng.uniform(-0.5, 0.3))
+            if cfg.noise_floor_p > 0:
+                audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
             feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
             out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
