@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 fixed = [int(p.split("=")[1]) for p in args.param if p.split("=")[0] == name]
                 settings = [(name, v) for v in (fixed or values)]
                 for other in (p for p in args.param if p.split("=")[0] not in (name, *(n for n, _ in SWEEPS.values()))):
-                    set_param(index, other.split("=")[0], float(other.split("=")[1]))  # e.g. k_factor_rf
+                    try:  # e.g. k_factor_rf, which only refine indexes (...,RFlat) have
+                        set_param(index, other.split("=")[0], float(other.split("=")[1]))
+                    except RuntimeError:
+                        continue
                     extra += f",{other}"
             rows = []
             for name, value in settings:

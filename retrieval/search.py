@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import func, select
 
-from indexer.errors import ConfigError, ModelError, NotFoundError, StoreError
+from indexer.errors import ConfigError, ModelError, NotFoundError
 from retrieval.models import IndexState, ModelRecord, Prototype, Recording, Segment, SegmentVector, bytes_to_vector
 
 if TYPE_CHECKING:  # imported lazily at run time: torch comes with the model
@@ -393,9 +393,3 @@ def brute_force(store: Store, query: np.ndarray, k: int, ids: np.ndarray | None 
     sims = vecs @ normalize_vector(query, vecs.shape[1])
     order = np.lexsort((seg_ids, -sims))[:k]
     return seg_ids[order].astype(np.int64), sims[order].astype(np.float32)
-
-
-def ensure_store_ready(store: Store) -> None:
-    """Raise a :class:`StoreError` with a fix when the store has no searchable segments."""
-    if _segment_count(store) == 0:
-        raise StoreError(f"the store at {store.settings.store_dir} has no segments yet", "run `degsearch index AUDIO...` first")

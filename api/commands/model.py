@@ -122,6 +122,8 @@ def _register_train(app: typer.Typer) -> None:
         minutes: Annotated[Optional[float], typer.Option(help="Wall-clock training budget in minutes (default: the preset's).")] = None,
         threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: the preset's, 2).")] = None,
         encoder: Annotated[Optional[str], typer.Option(help="Override the encoder: logmel_cnn, distillmos or hf:/path/to/local_model_dir.")] = None,
+        max_steps: Annotated[Optional[int], typer.Option(help="Step budget, which also sets the LR schedule (default: the preset's).")] = None,
+        noise_floor: Annotated[Optional[float], typer.Option(help="Share of training clips given a faint noise floor (default: the preset's).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the best held-out real-speech frame EER."""
         from dataclasses import replace
@@ -134,7 +136,8 @@ def _register_train(app: typer.Typer) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
         cfg = PRESETS[preset]
-        overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder)) if v is not None}
+        overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder),
+                                       ("max_steps", max_steps), ("noise_floor_p", noise_floor)) if v is not None}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)
