@@ -1,7 +1,8 @@
 """The batch indexer: an audio archive in, degraded segments in the store out.
 
 Flow per file (:func:`process_file`, run in worker processes or in-process):
-hash -> skip if (hash, model id) are unchanged and the file is done -> stream-decode in chunks
+hash -> skip if (hash, model id) are unchanged, the file is done and was indexed after the store's
+clean enrollment was last set -> stream-decode in chunks
 (16 kHz, every channel) -> frame model in batches -> streaming detection per channel against the
 clean enrollment -> nearest-prototype labels -> a :class:`RecordingResult`. The main process is the
 single writer: each result is committed by ``Store.write_recording`` in one transaction (its old
@@ -62,6 +63,7 @@ class FileTask:
     attributes: dict[str, Any] = field(default_factory=dict)
     state: tuple[str | None, str | None, str] | None = None  # (content_hash, model_id, status)
     size: int = 0
+    stale: bool = False  # indexed before the store's clean enrollment was (re)set: detect again
 
 
 def _has_glob(text: str) -> bool:
@@ -267,7 +269,7 @@ def process_file(ctx: IndexContext, model: FrameModel, task: FileTask) -> FileOu
     timings["hash"] = time.perf_counter() - t0
     if task.state is not None:
         old_hash, old_model, status = task.state
-        if old_hash == digest and status == "done" and old_model == ctx.model_id:
+        if old_hash == digest and status == "done" and old_model == ctx.model_id and not task.stale:
             return FileOutcome("skipped", task.path, note="unchanged", size=task.size, timings=timings)
         if old_hash == digest and status == "failed" and not ctx.retry_failed:
             return FileOutcome("skipped", task.path, note="failed before (use --retry-failed)", size=task.size, timings=timings)
@@ -609,19 +611,26 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
             torch.set_num_threads(previous)
 
 
-def _known_states(store: Store, paths: list[str]) -> dict[str, tuple[str | None, str | None, str]]:
-    """``Store.recording_state`` for many paths at once (one query per 500 paths, not per file)."""
+def _attach_states(store: Store, tasks: list[FileTask], model_id: str) -> None:
+    """Set each task's stored (content hash, model id, status), one query per 500 paths, and mark
+    it stale when it was indexed before the store's clean enrollment for ``model_id`` was set
+    (``degsearch enroll-clean`` changes what counts as degraded, so its files are detected again)."""
     from sqlalchemy import select
 
-    from retrieval.models import Recording
+    from retrieval.models import Enrollment, Recording
 
-    out: dict[str, tuple[str | None, str | None, str]] = {}
+    by_path = {t.path: t for t in tasks}
+    paths = list(by_path)
     with store.session() as session:
+        enrolled_at = session.scalar(select(Enrollment.created_at)
+                                     .where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
         for start in range(0, len(paths), 500):
-            rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status)
-                                   .where(Recording.path.in_(paths[start:start + 500]))).all()
-            out.update({r[0]: (r[1], r[2], r[3]) for r in rows})
-    return out
+            rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
+                                          Recording.indexed_at).where(Recording.path.in_(paths[start:start + 500]))).all()
+            for path, digest, rec_model, status, indexed_at in rows:
+                task = by_path[path]
+                task.state = (digest, rec_model, status)
+                task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
 
 
 def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local", retry_failed: bool = False,
@@ -650,9 +659,7 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
         store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                            {"enrollments": sorted(model.enrollments)})
         ctx = build_context(store, model, settings, retry_failed=retry_failed)
-        states = _known_states(store, [t.path for t in tasks])
-        for task in tasks:
-            task.state = states.get(task.path)
+        _attach_states(store, tasks, model.model_id)
         summary.run_id = store.start_run(model.model_id, {
             "inputs": [str(i) for i in inputs], "engine": engine, "workers": settings.workers, "retry_failed": retry_failed,
             "threshold": ctx.threshold, "smooth_frames": ctx.smooth_frames, "bridge_gap_s": ctx.bridge_gap_s,

@@ -206,3 +206,19 @@ def test_index_command_prints_summary(settings, archive):
     assert again.exit_code == 0, again.output
     skipped_line = next(line for line in again.output.splitlines() if "skipped (unchanged)" in line)
     assert skipped_line.replace("│", " ").split()[-1] == "3"
+
+
+def test_enroll_clean_makes_the_next_run_detect_unchanged_files_again(settings, archive, ix_model):
+    from retrieval.store import Store
+
+    index_archive([str(p) for p in archive], settings, progress=False)
+    clean = ix_write(archive[0].parent / "reference.wav", ix_call(2.0, seed=5), 8000)
+    store = Store.open(settings)
+    try:
+        set_clean_enrollment(store, ix_model, [clean])
+    finally:
+        store.close()
+    redo = index_archive([str(p) for p in archive], settings, progress=False)
+    assert (redo.indexed, redo.skipped) == (3, 0)
+    again = index_archive([str(p) for p in archive], settings, progress=False)
+    assert (again.indexed, again.skipped) == (0, 3)
