@@ -158,7 +158,8 @@ def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) 
     try:  # the demo's clean enrollment: its reference calls, as `degsearch demo` does
         writer.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
                             frame_model.threshold, {})
-        set_clean_enrollment(writer, frame_model, sorted(str(p) for p in (out_dir / "reference").glob("*.wav")))
+        set_clean_enrollment(writer, frame_model, sorted(str(p) for p in (out_dir / "reference").glob("*.wav")),
+                             quantile=settings.clean_quantile, smooth_frames=settings.smooth_frames)
     finally:
         writer.close()
     index_archive([str(manifest)], settings, progress=False)

@@ -418,7 +418,8 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
     try:
         store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                            {"enrollments": sorted(model.enrollments)})
-        set_clean_enrollment(store, model, sorted(str(p) for p in (out / "reference").glob("*.wav")))
+        set_clean_enrollment(store, model, sorted(str(p) for p in (out / "reference").glob("*.wav")),
+                             quantile=settings.clean_quantile, smooth_frames=settings.smooth_frames)
     finally:
         store.close()
     summary = index_archive([str(manifest)], settings, progress=progress)

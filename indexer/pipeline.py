@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.audio import AUDIO_EXTENSIONS, MIN_DURATION_S, TARGET_SR, AudioStream, content_hash, load_audio
-from indexer.detect import SegmentDetector
+from indexer.detect import SegmentDetector, frame_scores
 from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, StoreError
 from indexer.records import DetectedSegment, FrameOutput, RecordingFailure, RecordingResult
 from indexer.settings import Settings
@@ -450,9 +450,18 @@ def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
         return None if row is None else bytes_to_vector(row.vector)
 
 
-def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path]) -> np.ndarray:
+def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
+                         quantile: float = 0.98, smooth_frames: int = 5) -> np.ndarray:
     """Embed every frame of the clean ``clips`` (all channels), store their normalised mean as this
-    store's clean enrollment for ``model`` (replacing an older one), and return it."""
+    store's clean enrollment for ``model`` (replacing an older one), and return it.
+
+    The enrollment also gets its own detection threshold: the ``quantile`` of the clips' frame
+    scores against it, median-smoothed as detection smooths them. The model's threshold was
+    calibrated against its built-in enrollment, and distances to a store's own enrollment sit on
+    another scale (on the demo the model's threshold missed most noise stretches, this one
+    found them).
+    """
+    from scipy.ndimage import median_filter
     from sqlalchemy import delete
 
     from retrieval.models import Enrollment, vector_to_bytes
@@ -460,24 +469,46 @@ def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | 
 
     if not clips:
         raise ConfigError("enroll-clean needs at least one clip", "pass clean recordings: degsearch enroll-clean a.wav b.wav")
-    total = np.zeros(model.dim, np.float64)
-    frames = 0
+    channels: list[np.ndarray] = []
     seconds = 0.0
     for clip in clips:
         audio = load_audio(clip)
-        for out in model.embed_batch([ch for ch in audio.samples]):
-            total += out.embeddings.astype(np.float64).sum(axis=0)
-            frames += len(out)
+        channels += [out.embeddings for out in model.embed_batch([ch for ch in audio.samples])]
         seconds += audio.duration_s * audio.channels
+    total = np.sum([e.astype(np.float64).sum(axis=0) for e in channels], axis=0)
+    frames = sum(len(e) for e in channels)
     norm = float(np.linalg.norm(total))
     if frames == 0 or norm == 0:
         raise ModelError("the clips gave no usable frames", "pass longer clean clips (a few seconds each)")
     vector = (total / norm).astype(np.float32)
+    scores = np.concatenate([median_filter(frame_scores(e, vector), size=smooth_frames, mode="nearest") for e in channels])
+    threshold = float(np.quantile(scores, quantile))
     with write_session(store) as session:
         session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == "clean"))
         session.add(Enrollment(name="clean", model_id=model.model_id, dim=model.dim, vector=vector_to_bytes(vector),
-                               sources={"clips": [str(Path(c).resolve()) for c in clips], "frames": frames, "seconds": seconds}))
+                               threshold=threshold,
+                               sources={"clips": [str(Path(c).resolve()) for c in clips], "frames": frames, "seconds": seconds,
+                                        "quantile": quantile}))
     return vector
+
+
+def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
+    """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
+    by ``enroll-clean`` with the store's enrollment, else the model's."""
+    if settings.threshold is not None:
+        return float(settings.threshold)
+    stored = stored_threshold(store, model.model_id) if store is not None else None
+    return float(model.threshold if stored is None else stored)
+
+
+def stored_threshold(store: Store, model_id: str) -> float | None:
+    """The detection threshold calibrated with the store's clean enrollment of ``model_id``, or None."""
+    from sqlalchemy import select
+
+    from retrieval.models import Enrollment
+
+    with store.session() as session:
+        return session.scalar(select(Enrollment.threshold).where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
 
 
 def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, whole: bool = False,
@@ -509,7 +540,7 @@ def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, w
     if not whole and len(frames):
         enrollment = clean_enrollment(store, model, sample_rate=sample_rate) if store is not None else \
             enrollment_for(dict(model.enrollments), sample_rate)
-        threshold = settings.threshold if settings.threshold is not None else model.threshold
+        threshold = detection_threshold(store, model, settings)
         det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s, smooth_frames=settings.smooth_frames,
                               bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s)
         segs = det.push(frames) + det.finish()
@@ -545,7 +576,7 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id,
-        threshold=float(settings.threshold if settings.threshold is not None else model.threshold),
+        threshold=detection_threshold(store, model, settings),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
         chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # --- model and detection ---------------------------------------------------------------
     model: str = Field("fast", description="'fast', 'accurate', or a path to a checkpoint file.")
     threshold: float | None = Field(None, description="Detection threshold on 1 - cosine; default: the model's calibrated one.")
+    clean_quantile: float = Field(
+        0.98, gt=0.5, lt=1.0,
+        description="enroll-clean sets the store's detection threshold at this quantile of the reference clips' "
+        "smoothed frame scores (the share of known-clean audio left below it).",
+    )
     smooth_frames: int = Field(5, ge=1, description="Median filter length (frames) applied to detection scores.")
     bridge_gap_s: float = Field(0.2, ge=0, description="Gaps between detected stretches shorter than this are bridged.")
     min_segment_s: float = Field(0.3, ge=0, description="Detected segments shorter than this are dropped.")

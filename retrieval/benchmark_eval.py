@@ -475,7 +475,8 @@ def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_
         try:
             store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                                {"enrollments": sorted(model.enrollments)})
-            set_clean_enrollment(store, model, [str(d.meta.audio) for d in clean_files])
+            set_clean_enrollment(store, model, [str(d.meta.audio) for d in clean_files],
+                                 quantile=idx_settings.clean_quantile, smooth_frames=idx_settings.smooth_frames)
         finally:
             store.close()
     t0 = time.perf_counter()

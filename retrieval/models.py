@@ -154,6 +154,8 @@ class Enrollment(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     sources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Detection threshold calibrated on the reference clips (None: use the model's).
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (UniqueConstraint("name", "model_id", name="uq_enrollment_name_model"),)

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from indexer.audio import load_audio
 from indexer.errors import ConfigError
-from indexer.pipeline import embed_clip, index_archive, resolve_inputs, set_clean_enrollment, stored_enrollment
+from indexer.pipeline import embed_clip, index_archive, resolve_inputs, set_clean_enrollment, stored_enrollment, stored_threshold
 from tests.conftest import ix_derive, ix_archive, ix_call, ix_segments, ix_threshold, ix_write
 
 
@@ -171,6 +172,12 @@ def test_clean_enrollment_from_clips_is_stored_and_used(settings, archive, ix_mo
         np.testing.assert_allclose(stored_enrollment(store, ix_model.model_id), vector, atol=1e-6)
         ctx = build_context(store, ix_model, settings)
         assert list(ctx.enrollments) == ["store"]
+        assert ctx.threshold == settings.threshold  # an explicit threshold wins over the calibrated one
+        calibrated = build_context(store, ix_model, ix_derive(settings, threshold=None)).threshold
+        assert calibrated == pytest.approx(stored_threshold(store, ix_model.model_id))
+        # It leaves 98 % of the reference clip's (smoothed) frames below it.
+        scores = 1.0 - ix_model.embed(load_audio(clean).samples[0]).embeddings @ vector
+        assert 0.9 <= float(np.mean(scores <= calibrated + 1e-6)) <= 1.0
         set_clean_enrollment(store, ix_model, [archive[0]])  # replacing keeps one enrollment
         assert not np.allclose(stored_enrollment(store, ix_model.model_id), vector)
     finally:

@@ -90,15 +90,16 @@ def register(app: typer.Typer) -> None:
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
         model: Annotated[Optional[str], typer.Option(help="fast, accurate or a checkpoint path.")] = None,
     ) -> None:
-        """Set this store's clean enrollment from clean clips (replaces the model's default for detection).
+        """Set this store's clean enrollment and detection threshold from clean clips of your own lines.
 
-        Re-index with the new enrollment by removing the store's recordings or indexing into a new store:
-        unchanged files are otherwise skipped.
+        The threshold leaves DEGSEARCH_CLEAN_QUANTILE (0.98) of the clips' frames below it; an explicit
+        --threshold / DEGSEARCH_THRESHOLD still wins. The next `degsearch index` run detects files
+        indexed before this again.
         """
         from rich.console import Console
 
         from indexer.model import load_model
-        from indexer.pipeline import set_clean_enrollment
+        from indexer.pipeline import set_clean_enrollment, stored_threshold
         from indexer.settings import get_settings
         from retrieval.store import Store
 
@@ -110,11 +111,14 @@ def register(app: typer.Typer) -> None:
         try:
             store.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
                                frame_model.threshold, {"enrollments": sorted(frame_model.enrollments)})
-            vector = set_clean_enrollment(store, frame_model, [str(c) for c in clips])
+            vector = set_clean_enrollment(store, frame_model, [str(c) for c in clips], quantile=settings.clean_quantile,
+                                          smooth_frames=settings.smooth_frames)
+            threshold = stored_threshold(store, frame_model.model_id)
         finally:
             store.close()
         default = frame_model.enrollments.get("narrowband")
         note = ""
         if default is not None:
             note = f"; cosine to the model's narrowband enrollment {float(vector @ default):.3f}"
-        Console().print(f"clean enrollment set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}")
+        Console().print(f"clean enrollment set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}; "
+                      f"detection threshold {threshold:.3f} (the model's: {frame_model.threshold:.3f})")
