@@ -1,6 +1,6 @@
 """Search latency and recall@10 against exact search, for the default and approximate indexes.
 
-    .venv/bin/python bench/bench_search.py                       # 100k and 1M, Flat / HNSW32 / IVF
+    .venv/bin/python bench/bench_search.py                       # 100k and 1M, Flat / HNSW32 / IVF1024,SQ8,RFlat
     .venv/bin/python bench/bench_search.py --sizes 100000 --queries 200 --factories Flat HNSW32
     .venv/bin/python bench/bench_search.py --demo /tmp/demo --model fast   # clip-query precision on the demo archive
 
@@ -188,7 +188,7 @@ def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--factories", nargs="+", default=["Flat", "HNSW32", "IVF1024,Flat"])
+    parser.add_argument("--factories", nargs="+", default=["Flat", "HNSW32", "IVF1024,SQ8,RFlat"])
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["random", "clustered"], default="random")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--stop-at-target", action="store_true", help="Stop a sweep at the first setting reaching the target.")
-    parser.add_argument("--param", nargs="*", default=[],
+    parser.add_argument("--param", nargs="*", default=["k_factor_rf=8"],
                         help="Fixed settings instead of a sweep, e.g. efSearch=256 nprobe=64; others (k_factor_rf=16) are set as given.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write the tuned rows here.")

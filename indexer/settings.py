@@ -9,8 +9,14 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# FAISS search-time parameters (faiss.ParameterSpace names) that ``faiss_params`` may set.
+FAISS_SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor_rf", "k_factor", "ht", "max_codes", "quantizer_efSearch")
 
 
 class Settings(BaseSettings):
@@ -61,6 +67,15 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty: CORS off.")
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @field_validator("faiss_params")
+    @classmethod
+    def _known_faiss_params(cls, value: str) -> str:
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            match = re.fullmatch(r"(\w+)\s*=\s*([0-9.]+)", item)
+            if match is None or match.group(1) not in FAISS_SEARCH_PARAMS:
+                raise ValueError(f"{item!r} is not name=number with a name among {', '.join(FAISS_SEARCH_PARAMS)}")
+        return value
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -283,10 +283,10 @@ class VectorIndex:
             name, _, value = item.partition("=")
             try:
                 faiss.ParameterSpace().set_index_parameter(inner, name.strip(), float(value))
-            except (RuntimeError, ValueError) as exc:
-                raise ConfigError(f"FAISS search parameter {item!r} does not apply to index {self.factory!r}",
-                                  "use name=value pairs the index has: nprobe (IVF), efSearch (HNSW), "
-                                  "k_factor_rf (refine, ...RFlat), or leave --faiss-params empty") from exc
+            except (RuntimeError, ValueError):
+                # Parameters are per kind (nprobe: IVF, efSearch: HNSW); a store whose index is of
+                # another kind keeps working with its own defaults.
+                log.warning("FAISS search parameter %r does not apply to index %r; ignored", item, self.factory)
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

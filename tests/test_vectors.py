@@ -163,9 +163,16 @@ def test_search_params_reach_the_index_and_survive_training_and_reload(tmp_path)
     assert faiss.downcast_index(hnsw._index.index).hnsw.efSearch == 77
 
 
-def test_search_param_the_index_lacks_is_a_config_error():
-    with pytest.raises(ConfigError, match="nprobe"):
-        VectorIndex(STORE_DIM, "HNSW8", params="nprobe=4")
+def test_search_param_for_another_index_kind_is_ignored_and_a_misspelt_one_rejected(caplog, tmp_path):
+    index = VectorIndex(STORE_DIM, "HNSW8", params="nprobe=4,efSearch=33")
+    assert "does not apply" in caplog.text
+    import faiss
+
+    assert faiss.downcast_index(index._index.index).hnsw.efSearch == 33
+    with pytest.raises(ConfigError, match="nprob=4"):
+        from api.commands.db import settings_from_flags
+
+        settings_from_flags(tmp_path, faiss_params="nprob=4")
 
 
 def test_recommended_large_archive_index_ivf_sq8_with_refine_matches_numpy_when_probing_every_list():
