@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (3, 5, 10)) -> dict:
+def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (1, 3, 5, 10)) -> dict:
     """'More like this' precision on the demo archive: every planted stretch, cut out as a clip,
     queries the store; hits on the query's own stretch are dropped; precision@k is the fraction
     of the remaining top-k whose planted degradation (largest overlap) is the query's."""
