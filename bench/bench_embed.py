@@ -1,17 +1,24 @@
 """Embedding speed of a frame model: seconds to embed 1 h of audio, and the real-time factor.
 
     .venv/bin/python bench/bench_embed.py [--model fast] [--minutes 60] [--threads 2]
+    .venv/bin/python bench/bench_embed.py --architecture distillmos --minutes 10   # the accurate encoder's cost
+
+``--architecture`` times an untrained network with that encoder: the cost does not depend on the
+weights, so this measures an encoder that has no shipped checkpoint yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from indexer.model import load_model
+from indexer.model.checkpoint import build_untrained_checkpoint
 
 
 def main() -> None:
@@ -19,8 +26,13 @@ def main() -> None:
     parser.add_argument("--model", default="fast", help="fast, accurate or a checkpoint path")
     parser.add_argument("--minutes", type=float, default=60.0, help="audio to embed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--architecture", help="time an untrained network with this encoder instead (logmel_cnn, distillmos)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.architecture:
+        path = Path(tempfile.mkdtemp()) / f"untrained-{args.architecture}.pt"
+        build_untrained_checkpoint(path, encoder=args.architecture)
+        args.model = str(path)
     model = load_model(args.model)
     rng = np.random.default_rng(0)
     # Speech-like amplitude statistics do not change the cost: the network has no data-dependent paths.

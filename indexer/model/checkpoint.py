@@ -75,16 +75,18 @@ def _synthetic_voice(rng: np.random.Generator, seconds: float, sr: int = 16000) 
     return (0.1 * x * env + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def build_untrained_checkpoint(path: str | Path, seed: int = 0) -> str:
-    """Write a randomly initialised fast model whose enrollments come from synthetic voices.
+def build_untrained_checkpoint(path: str | Path, seed: int = 0, encoder: str = "logmel_cnn") -> str:
+    """Write a randomly initialised model (fast by default; pretrained encoders keep their
+    weights) whose enrollments come from synthetic voices.
 
-    Tests use it so they never depend on the shipped weights. Returns the model id.
+    Tests use it so they never depend on the shipped weights, and ``bench/bench_embed.py`` to time
+    an architecture that has no shipped checkpoint. Returns the model id.
     """
     from indexer.model import FrameModel
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = FrameNetwork(NetworkConfig()).eval()
+    net = FrameNetwork(NetworkConfig(encoder=encoder)).eval()
     model = FrameModel(net, model_id="untrained", name="untrained", threshold=0.0, enrollments={})
     clean = _synthetic_voice(rng, 4.0)
     frames = model.embed(clean).embeddings
