@@ -439,15 +439,22 @@ def clean_enrollment(store: Store, model: FrameModel, *, sample_rate: int | None
     return enrollment_for(dict(model.enrollments), sample_rate or TARGET_SR)
 
 
-def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
-    """The store-level clean enrollment vector of ``model_id``, or None."""
+def _clean_enrollment_column(session: Any, column: Any, model_id: str) -> Any:
+    """One column of the store's clean enrollment row for ``model_id`` (None when there is none)."""
     from sqlalchemy import select
 
+    from retrieval.models import Enrollment
+
+    return session.scalar(select(column).where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
+
+
+def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
+    """The store-level clean enrollment vector of ``model_id``, or None."""
     from retrieval.models import Enrollment, bytes_to_vector
 
     with store.session() as session:
-        row = session.scalars(select(Enrollment).where(Enrollment.model_id == model_id, Enrollment.name == "clean")).first()
-        return None if row is None else bytes_to_vector(row.vector)
+        blob = _clean_enrollment_column(session, Enrollment.vector, model_id)
+    return None if blob is None else bytes_to_vector(blob)
 
 
 def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
@@ -503,12 +510,10 @@ def detection_threshold(store: Store | None, model: FrameModel, settings: Settin
 
 def stored_threshold(store: Store, model_id: str) -> float | None:
     """The detection threshold calibrated with the store's clean enrollment of ``model_id``, or None."""
-    from sqlalchemy import select
-
     from retrieval.models import Enrollment
 
     with store.session() as session:
-        return session.scalar(select(Enrollment.threshold).where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
+        return _clean_enrollment_column(session, Enrollment.threshold, model_id)
 
 
 def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, whole: bool = False,
@@ -653,8 +658,7 @@ def _attach_states(store: Store, tasks: list[FileTask], model_id: str) -> None:
     by_path = {t.path: t for t in tasks}
     paths = list(by_path)
     with store.session() as session:
-        enrolled_at = session.scalar(select(Enrollment.created_at)
-                                     .where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
+        enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, model_id)
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
                                           Recording.indexed_at).where(Recording.path.in_(paths[start:start + 500]))).all()
