@@ -14,7 +14,7 @@ from rich.console import Console
 from indexer.model import load_model
 from indexer.model.checkpoint import read_checkpoint
 from indexer.training.calibrate import eer_threshold, frame_eer
-from indexer.training.train import PRESETS, train
+from indexer.training.train import PRESETS, _segment_prototype_accuracy, balanced_batch, example_classes, train
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -67,13 +67,43 @@ def test_frame_eer_of_perfect_reversed_and_random_scores():
     assert 0.0 < eer_threshold(scores + 0.5 * (np.arange(1000) % 2), pos) <= 1.5
 
 
+def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():
+    labels = np.zeros((40, 10), np.int16)
+    for i in range(40):
+        labels[i, 3:6] = i % 5  # classes 0 (clean) .. 4, eight clips each
+    labels[0, :] = 0
+    classes = example_classes(labels)
+    assert classes[1] == 1 and classes[0] == 0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = balanced_batch(classes, 12, 4, rng)
+        counts = np.unique(classes[idx], return_counts=True)[1]
+        assert idx.size == 12 and counts.size == 4 and set(counts) == {3}
+        assert np.unique(idx).size == 12  # a class with enough clips gives distinct clips
+    rare = np.r_[np.ones(2, np.int64), np.full(10, 2)]
+    assert np.sum(rare[balanced_batch(rare, 8, 2, rng)] == 1) == 4  # too few clips: drawn with replacement
+
+
+def test_validation_prototype_accuracy_separates_and_confuses_classes():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((8, 20), np.int16)
+    labels[:, 5:15] = np.arange(8)[:, None] % 2 + 1  # classes 1 and 2 alternate over the clips
+    directions = np.eye(4, dtype=np.float32)
+    emb = np.repeat(directions[None, None, 0], 8, 0).repeat(20, 1).copy()
+    for i in range(8):
+        emb[i, 5:15] = directions[labels[i, 5]] + 0.05 * rng.standard_normal(4)
+    assert _segment_prototype_accuracy(emb, labels, q=2) == 100.0
+    emb[:, 5:15] = directions[3]  # every region looks the same: the first prototype (class 1) wins
+    assert _segment_prototype_accuracy(emb, labels, q=2) == 50.0
+
+
 def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, tmp_path):
     cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
                   network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
     out = tmp_path / "m.pt"
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
     summary = train(shard_root, out, cfg, console=console)
-    assert summary["steps"] >= 1 and 0.0 <= summary["best_mean_eer"] <= 100.0
+    assert summary["steps"] >= 1 and 0.0 <= summary["best_val_error"] <= 100.0
     model = load_model(str(out))
     assert model.model_id == summary["model_id"]
     assert set(model.enrollments) == {"wideband", "narrowband"}
@@ -81,7 +111,7 @@ def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, t
     meta = read_checkpoint(out)["meta"]
     assert meta["classes"] == ["clean", "clipping", "noise_white"]
     assert meta["recipe"]["train_config"]["seed"] == 0
-    assert meta["history"] and "eer_val_real" in meta["history"][0] and "eer_val_heldout_catalog" in meta["history"][0]
+    assert meta["history"] and {"eer_val_real", "eer_val_heldout_catalog", "proto_val_real", "selection"} <= set(meta["history"][0])
     assert {"frame_eer_val_real", "frame_eer_val_heldout_catalog"} <= set(meta["validation"])
     assert model.embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 64)
 

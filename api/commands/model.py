@@ -124,8 +124,9 @@ def _register_train(app: typer.Typer) -> None:
         encoder: Annotated[Optional[str], typer.Option(help="Override the encoder: logmel_cnn, distillmos or hf:/path/to/local_model_dir.")] = None,
         max_steps: Annotated[Optional[int], typer.Option(help="Step budget, which also sets the LR schedule (default: the preset's).")] = None,
         noise_floor: Annotated[Optional[float], typer.Option(help="Share of training clips given a faint noise floor (default: the preset's).")] = None,
+        classes_per_batch: Annotated[Optional[int], typer.Option(help="Degradation classes per batch, clips split evenly among them; 0 draws clips at random (default: the preset's).")] = None,
     ) -> None:
-        """Train a frame model on mix-up shards; keeps the checkpoint with the best held-out real-speech frame EER."""
+        """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
 
         from rich.console import Console
@@ -137,12 +138,13 @@ def _register_train(app: typer.Typer) -> None:
             raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
         cfg = PRESETS[preset]
         overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder),
-                                       ("max_steps", max_steps), ("noise_floor_p", noise_floor)) if v is not None}
+                                       ("max_steps", max_steps), ("noise_floor_p", noise_floor),
+                                       ("classes_per_batch", classes_per_batch)) if v is not None}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)
-        console.print(f"wrote {summary['path']} (model id {summary['model_id']}); best held-out real frame EER "
-                      f"{summary['best_mean_eer']:.2f} % after {summary['steps']} steps; threshold {summary['threshold']:.3f}")
+        console.print(f"wrote {summary['path']} (model id {summary['model_id']}); best held-out real validation "
+                      f"error {summary['best_val_error']:.2f} % (frame EER and prototype error) after {summary['steps']} steps; threshold {summary['threshold']:.3f}")
 
 
 def register(app: typer.Typer) -> None:

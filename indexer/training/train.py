@@ -1,8 +1,8 @@
 """The training loop: shards of partial mix-up examples -> a calibrated frame-model checkpoint.
 
-Model selection uses the frame EER on HELD-OUT REAL SPEAKERS (the mean over the training-catalog
-and the held-out-catalog validation sets), never the loss or TTS validation: MODEL_NOTES showed
-TTS validation pointing the wrong way.
+Model selection uses HELD-OUT REAL SPEAKERS (the training-catalog and the held-out-catalog
+validation sets: frame EER and prototype error, averaged), never the loss or TTS validation:
+MODEL_NOTES showed TTS validation pointing the wrong way.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer
 from indexer.training.losses import total_loss
 from indexer.training.shards import load_shards
+from retrieval.evaluation import class_prototypes, prototype_accuracy
 
 
 @dataclass
@@ -49,6 +50,10 @@ class TrainConfig:
     # Share of clips given a faint noise floor (35-60 dB below the speech, labels unchanged). Tried at
     # 0.5: better wideband prototypes, worse telephone detection (MODEL_CARD recipe table), so off.
     noise_floor_p: float = 0.0
+    # Classes per batch (batch_size // classes_per_batch clips each); 0: clips drawn at random. With
+    # 39 classes, a random batch of 24 rarely holds two clips of a class, so SupCon's positives for
+    # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
+    classes_per_batch: int = 0
     network: dict = field(default_factory=dict)
 
 
@@ -73,9 +78,51 @@ def _val_sets(data: Path) -> dict[str, dict[str, np.ndarray]]:
     return sets
 
 
+def example_classes(frame_labels: np.ndarray) -> np.ndarray:
+    """The degraded class of each mix-up example (its regions share one class), 0 for clean clips."""
+    return frame_labels.max(axis=1).astype(np.int64)
+
+
+def balanced_batch(classes: np.ndarray, batch_size: int, classes_per_batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Example indices: ``classes_per_batch`` distinct classes, ``batch_size // classes_per_batch`` clips each.
+
+    Every degraded frame then has positives in other utterances (other speakers, texts, channels).
+    Classes with too few clips are sampled with replacement rather than skipped.
+    """
+    per = max(1, batch_size // classes_per_batch)
+    present = np.unique(classes)
+    chosen = rng.choice(present, min(classes_per_batch, present.size), replace=False)
+    picks = []
+    for c in chosen:
+        pool = np.flatnonzero(classes == c)
+        picks.append(rng.choice(pool, per, replace=pool.size < per))
+    return np.concatenate(picks)
+
+
+def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> float:
+    """Oracle-region prototype accuracy (%): prototypes from the first ``q`` clips, scored on the rest."""
+    seg_emb, seg_lab, seg_first = [], [], []
+    for i, (e, lab) in enumerate(zip(emb, labels)):
+        for c in np.unique(lab[lab != 0]):
+            seg_emb.append(e[lab == c].mean(0))
+            seg_lab.append(int(c))
+            seg_first.append(i < q)
+    if not seg_emb:
+        return math.nan
+    seg_emb, seg_lab, seg_first = np.stack(seg_emb), np.array(seg_lab), np.array(seg_first)
+    protos, names = class_prototypes(seg_emb[seg_first], seg_lab[seg_first])
+    test = ~seg_first & np.isin(seg_lab.astype(str), names)
+    return 100.0 * prototype_accuracy(seg_emb[test], seg_lab[test], protos, names)
+
+
 def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Frame EER (%) per validation set, enrollment = clean frames of each set's first quarter."""
-    result = {}
+    """Per validation set: frame EER (``eer_<set>``, %) and prototype accuracy (``proto_<set>``, %).
+
+    The enrollment is the first quarter's clean frames; the prototypes its regions per class.
+    ``selection`` (lower is better) averages frame EER and prototype error over the sets, so a
+    checkpoint is chosen for detection and for telling degradations apart.
+    """
+    result, errors = {}, []
     for name, arrays in sets.items():
         outs = [model.embed(a) for a in arrays["audio"]]
         emb = np.stack([o.embeddings for o in outs])  # (N, T, D)
@@ -85,8 +132,10 @@ def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[
         enroll = enroll_frames.mean(0)
         enroll /= np.linalg.norm(enroll)
         scores = 1.0 - emb[q:] @ enroll
-        result[name] = frame_eer(scores.ravel(), labels[q:].ravel() != 0)
-    result["mean"] = float(np.mean(list(result.values())))
+        result[f"eer_{name}"] = frame_eer(scores.ravel(), labels[q:].ravel() != 0)
+        result[f"proto_{name}"] = _segment_prototype_accuracy(emb, labels, q)
+        errors += [result[f"eer_{name}"], 100.0 - result[f"proto_{name}"]]
+    result["selection"] = float(np.nanmean(errors))
     return result
 
 
@@ -109,7 +158,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step, best, history, elapsed0 = state["step"], state["best"], state["history"], state["elapsed"]
-        console.print(f"resumed at step {step} (best held-out real EER {best:.2f} %)")
+        console.print(f"resumed at step {step} (best held-out real validation error {best:.2f} %)")
     budget = cfg.minutes * 60
     n = len(train_arrays["audio"])
     audio_t = torch.from_numpy(train_arrays["audio"])
@@ -117,6 +166,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     fmos_t = torch.from_numpy(train_arrays["frame_mos"])
     umos_t = torch.from_numpy(train_arrays["utt_mos"])
     narrow_t = torch.from_numpy(train_arrays["narrowband"].astype(bool))
+    clip_classes = example_classes(train_arrays["frame_labels"])
     t0 = time.time() - elapsed0
     recipe = {"train_config": asdict(cfg), "data": str(data), "train_examples": n, "classes": classes}
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -130,7 +180,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
             net.encoder.requires_grad_(not (cfg.encoder != "logmel_cnn" and step < cfg.freeze_encoder_steps))
-            idx = torch.from_numpy(rng.choice(n, cfg.batch_size, replace=False))
+            idx = torch.from_numpy(balanced_batch(clip_classes, cfg.batch_size, cfg.classes_per_batch, rng)
+                                   if cfg.classes_per_batch else rng.choice(n, cfg.batch_size, replace=False))
             audio = audio_t[idx] * float(10 ** rng.uniform(-0.5, 0.3))
             if cfg.noise_floor_p > 0:
                 audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
@@ -148,15 +199,15 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             if step % cfg.eval_every == 0 or last:
                 net.eval()
                 model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
-                eers = validate(model, val)
-                history.append({"step": step, "minutes": round((time.time() - t0) / 60, 1), **parts, **{f"eer_{k}": v for k, v in eers.items()}})
+                figures = validate(model, val)
+                history.append({"step": step, "minutes": round((time.time() - t0) / 60, 1), **parts, **figures})
                 marker = ""
-                if eers["mean"] < best:
-                    best = eers["mean"]
+                if figures["selection"] < best:
+                    best = figures["selection"]
                     save_checkpoint(out.with_suffix(".best.pt"), net, {"name": out.stem, "threshold": 0.0, "enrollments": {}, "recipe": recipe})
                     marker = " *best*"
                 console.print(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {float(loss.detach()):.3f}  "
-                              + "  ".join(f"EER {k} {v:5.2f} %" for k, v in eers.items()) + marker)
+                              + "  ".join(f"{k} {v:5.2f} %" for k, v in figures.items()) + marker)
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0}, state_path)
     from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
@@ -164,7 +215,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
     calib = calibrate(best_net, train_arrays, val)
     model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, "classes": classes, **calib})
-    summary = {"model_id": model_id, "path": str(out), "best_mean_eer": best, "steps": step,
+    summary = {"model_id": model_id, "path": str(out), "best_val_error": best, "steps": step,
                "threshold": calib["threshold"], **calib["validation"]}
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1))
     return summary
