@@ -1,0 +1,68 @@
+"""The model card's benchmark table: frame models scored on four held-out real-speaker benchmarks.
+
+    .venv/bin/python bench/bench_model.py [--model fast] [--model data/models/fast.pt] [--bench-dir data/bench]
+
+Builds (once) the four 30-minute benchmarks of MODEL_CARD.md from the held-out speakers of a
+prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, training and
+held-out catalog, seeds 1-4. Then evaluates each ``--model`` on all four and prints one row per
+model and benchmark; each report is kept under ``--out``. Compare recipes with it, not with the
+training loss or TTS figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from indexer.settings import get_settings
+from indexer.training.benchmark import make_benchmark
+from retrieval.benchmark_eval import evaluate_benchmark
+from retrieval.report import write_report
+
+# (name, channel, catalog, seed): the seeds fix the benchmarks the model card reports.
+BENCHMARKS = [
+    ("wideband-train", "wideband", "train", 1),
+    ("wideband-heldout", "wideband", "heldout", 2),
+    ("telephone-train", "telephone", "train", 3),
+    ("telephone-heldout", "telephone", "heldout", 4),
+]
+COLUMNS = ["frame EER %", "minDCF", "I-AUC", "MOS I-AUC", "verif. EER %", "proto single %", "proto all %",
+           "ARI", "P@10", "det. F1", "index RTF"]
+
+
+def _row(report: dict) -> list[str]:
+    return [f"{report['frame_eer']:.1f}", f"{report['frame_min_dcf']:.2f}", f"{report['i_auc']:.2f}",
+            f"{report['mos_i_auc']:.2f}", f"{report['verification_eer']:.1f}",
+            f"{report['single_degradations']['prototype_accuracy']:.1f}", f"{report['prototype_accuracy']:.1f}",
+            f"{report['ari']:.2f}", f"{report['retrieval_p_at_10']:.2f}", f"{report['detection_f1']:.2f}",
+            f"{report['index_rtf']:.0f}x"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", help="fast, accurate or a checkpoint path (repeatable; default fast)")
+    parser.add_argument("--data-dir", default="data/train", help="corpus from `degsearch prepare-data`")
+    parser.add_argument("--bench-dir", default="data/bench", help="where the benchmarks are built (kept for reuse)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")
+    parser.add_argument("--out", default="data/eval", help="reports go to OUT/<model>-<benchmark>/report.json")
+    args = parser.parse_args()
+    for name, channel, catalog, seed in BENCHMARKS:
+        bench = Path(args.bench_dir) / name
+        if not (bench / "manifest.jsonl").is_file():
+            make_benchmark(bench, seed=seed, data_dir=args.data_dir, channel=channel, catalog=catalog,
+                           minutes=args.minutes, log=lambda _msg: None)
+    print("| model | benchmark | " + " | ".join(COLUMNS) + " |")
+    print("|" + " --- |" * (len(COLUMNS) + 2))
+    for model in args.model or ["fast"]:
+        settings = get_settings(model=model)
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).stem)
+        for name, *_ in BENCHMARKS:
+            result = evaluate_benchmark(Path(args.bench_dir) / name, model=model, settings=settings, baselines=False)
+            write_report(result, Path(args.out) / f"{tag}-{name}" / "report.json")
+            print(f"| {model} ({result.report['model']['id']}) | {name} | " + " | ".join(_row(result.report)) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
