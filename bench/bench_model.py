@@ -12,13 +12,12 @@ training loss or TTS figures.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from indexer.settings import get_settings
 from indexer.training.benchmark import make_benchmark
 from retrieval.benchmark_eval import evaluate_benchmark
-from retrieval.report import write_report
+from retrieval.report import KEYS, format_metric, write_report
 
 # (name, channel, catalog, seed): the seeds fix the benchmarks the model card reports.
 BENCHMARKS = [
@@ -27,16 +26,12 @@ BENCHMARKS = [
     ("telephone-train", "telephone", "train", 3),
     ("telephone-heldout", "telephone", "heldout", 4),
 ]
-COLUMNS = ["frame EER %", "minDCF", "I-AUC", "MOS I-AUC", "verif. EER %", "proto single %", "proto all %",
-           "ARI", "P@10", "det. F1", "index RTF"]
 
 
 def _row(report: dict) -> list[str]:
-    return [f"{report['frame_eer']:.1f}", f"{report['frame_min_dcf']:.2f}", f"{report['i_auc']:.2f}",
-            f"{report['mos_i_auc']:.2f}", f"{report['verification_eer']:.1f}",
-            f"{report['single_degradations']['prototype_accuracy']:.1f}", f"{report['prototype_accuracy']:.1f}",
-            f"{report['ari']:.2f}", f"{report['retrieval_p_at_10']:.2f}", f"{report['detection_f1']:.2f}",
-            f"{report['index_rtf']:.0f}x"]
+    """The report's BENCHMARK.md metrics in ``KEYS`` order, single-degradation prototype accuracy after them."""
+    return ([format_metric(report.get(key), unit) for key, unit, _ in KEYS]
+            + [format_metric(report["single_degradations"]["prototype_accuracy"], "%")])
 
 
 def main() -> None:
@@ -45,21 +40,21 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data/train", help="corpus from `degsearch prepare-data`")
     parser.add_argument("--bench-dir", default="data/bench", help="where the benchmarks are built (kept for reuse)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")
-    parser.add_argument("--out", default="data/eval", help="reports go to OUT/<model>-<benchmark>/report.json")
+    parser.add_argument("--out", default="data/eval", help="reports go to OUT/<model id>-<benchmark>/report.json")
     args = parser.parse_args()
     for name, channel, catalog, seed in BENCHMARKS:
         bench = Path(args.bench_dir) / name
         if not (bench / "manifest.jsonl").is_file():
             make_benchmark(bench, seed=seed, data_dir=args.data_dir, channel=channel, catalog=catalog,
                            minutes=args.minutes, log=lambda _msg: None)
-    print("| model | benchmark | " + " | ".join(COLUMNS) + " |")
-    print("|" + " --- |" * (len(COLUMNS) + 2))
+    columns = [f"{key} ({unit})" if unit else key for key, unit, _ in KEYS] + ["single-degradation prototype_accuracy (%)"]
+    print("| model | benchmark | " + " | ".join(columns) + " |")
+    print("|" + " --- |" * (len(columns) + 2))
     for model in args.model or ["fast"]:
         settings = get_settings(model=model)
-        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).stem)
         for name, *_ in BENCHMARKS:
             result = evaluate_benchmark(Path(args.bench_dir) / name, model=model, settings=settings, baselines=False)
-            write_report(result, Path(args.out) / f"{tag}-{name}" / "report.json")
+            write_report(result, Path(args.out) / f"{result.report['model']['id']}-{name}" / "report.json")
             print(f"| {model} ({result.report['model']['id']}) | {name} | " + " | ".join(_row(result.report)) + " |",
                   flush=True)
 

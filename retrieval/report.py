@@ -46,6 +46,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def format_metric(value: Any, unit: str) -> str:
+    """A BENCHMARK.md metric for a table: 2 decimals for %, 1 for real-time factors, 3 otherwise."""
+    return _fmt(value, 2 if unit == "%" else (1 if unit.startswith("x") else 3))
+
+
 def output_paths(json_path: str | Path) -> dict[str, Path]:
     """Where each artefact of a report goes, derived from the JSON path."""
     p = Path(json_path)
@@ -76,9 +81,8 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for key, unit, meaning in KEYS:
-        digits = 2 if unit == "%" else (1 if unit == "x" else 3)
-        row = [_fmt(report.get(key), digits), _fmt((base.get("dnsmos") or {}).get(key), digits),
-               _fmt((base.get("logmel") or {}).get(key), digits), _fmt(PAPER_003.get(key), digits)]
+        row = [format_metric(v, unit) for v in (report.get(key), (base.get("dnsmos") or {}).get(key),
+                                                (base.get("logmel") or {}).get(key), PAPER_003.get(key))]
         lines.append(f"| `{key}`{' (' + unit + ')' if unit else ''} | " + " | ".join(row) + f" | {meaning} |")
     single = report.get("single_degradations") or {}
     if single.get("n_events"):
@@ -88,7 +92,7 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         for key, unit in (("verification_eer", "%"), ("prototype_accuracy", "%"), ("ari", "")):
             vals = [single.get(key), ((base.get("dnsmos") or {}).get("single_degradations") or {}).get(key),
                     ((base.get("logmel") or {}).get("single_degradations") or {}).get(key)]
-            lines.append(f"| `{key}`{' (' + unit + ')' if unit else ''} | " + " | ".join(_fmt(v, 2 if unit else 3) for v in vals) + " |")
+            lines.append(f"| `{key}`{' (' + unit + ')' if unit else ''} | " + " | ".join(format_metric(v, unit) for v in vals) + " |")
     det = report.get("detection") or {}
     if det:
         lines += ["", f"Detection: precision {_fmt(det.get('precision'))}, recall {_fmt(det.get('recall'))} "

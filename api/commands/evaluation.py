@@ -7,7 +7,7 @@ the BENCHMARK.md format, prints a Rich table and writes the JSON, a markdown rep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,16 +27,6 @@ ROWS = (
 )
 
 
-def _cell(value: Any, unit: str) -> str:
-    if value is None:
-        return "–"
-    if unit == "%":
-        return f"{value:.2f}"
-    if unit.startswith("x"):
-        return f"{value:.1f}"
-    return f"{value:.3f}"
-
-
 def register(app: typer.Typer) -> None:
     """Add `evaluate` to the CLI."""
 
@@ -49,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         from indexer.settings import get_settings
         from retrieval.benchmark_eval import evaluate_benchmark
-        from retrieval.report import write_report
+        from retrieval.report import format_metric, write_report
 
         console = Console()
         settings = get_settings(model=model)
@@ -69,9 +59,9 @@ def register(app: typer.Typer) -> None:
             table.add_column("DNSMOS", justify="right")
             table.add_column("log-mel", justify="right")
         for key, heading, unit in ROWS:
-            cells = [heading, unit, _cell(rep.get(key), unit)]
+            cells = [heading, unit, format_metric(rep.get(key), unit)]
             if base:
-                cells += [_cell(base.get("dnsmos", {}).get(key), unit), _cell(base.get("logmel", {}).get(key), unit)]
+                cells += [format_metric(base.get("dnsmos", {}).get(key), unit), format_metric(base.get("logmel", {}).get(key), unit)]
             table.add_row(*cells)
         console.print(table)
         console.print(f"model id {rep['model']['id']} · {rep['version']} · {rep['timings_s']['total']:.1f} s")
