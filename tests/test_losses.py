@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.losses import sample_frames, supcon_frames, total_loss
+from indexer.training.losses import cosine_class_loss, sample_frames, supcon_frames, total_loss
 
 torch.set_num_threads(1)
 
@@ -63,3 +64,30 @@ def test_total_loss_decreases_on_a_tiny_batch():
         losses.append(float(loss))
         assert set(parts) == {"supcon", "frame_mos_l1", "utt_mos_l1"}
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_cosine_class_loss_is_low_when_frames_sit_on_their_class_vector():
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    vectors = torch.eye(3, 4)
+    idx = torch.arange(6)
+    on_class = F.normalize(vectors[labels] + 0.01, dim=-1)
+    off_class = F.normalize(vectors[(labels + 1) % 3] + 0.01, dim=-1)
+    low = cosine_class_loss(on_class, labels, idx, vectors)
+    high = cosine_class_loss(off_class, labels, idx, vectors)
+    assert float(low) < 0.01 < 10.0 < float(high)
+
+
+def test_total_loss_adds_the_class_term_only_when_weighted():
+    torch.manual_seed(0)
+    out = {"emb": F.normalize(torch.randn(2, 10, 4), dim=-1), "proj": F.normalize(torch.randn(2, 10, 8), dim=-1),
+           "mos": torch.full((2, 10), 3.0)}
+    labels = torch.zeros(2, 10, dtype=torch.long)
+    labels[:, 5:] = 1
+    mos = torch.full((2, 10), 3.0)
+    vectors = torch.randn(2, 4)
+    plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors,
+                              generator=torch.Generator().manual_seed(0))
+    weighted, wparts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors, class_weight=0.5,
+                                  generator=torch.Generator().manual_seed(0))
+    assert "class_ce" not in parts
+    assert float(weighted) == pytest.approx(float(plain) + 0.5 * wparts["class_ce"], rel=1e-5)

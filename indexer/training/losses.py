@@ -1,4 +1,9 @@
-"""Paper 003's training loss: frame MOS L1 + utterance MOS L1 + supervised contrastive loss over frames."""
+"""Paper 003's training loss: frame MOS L1 + utterance MOS L1 + supervised contrastive loss over frames.
+
+Optionally a cosine-classifier term on the indexed embedding (paper 002's degradation classifier):
+one learned unit vector per class, so every class is pulled to one place across utterances even
+when a batch holds no second clip of it.
+"""
 
 from __future__ import annotations
 
@@ -47,13 +52,32 @@ def supcon_frames(proj: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, *
     return -(pos_log_prob[keep] / n_pos[keep]).mean()
 
 
+def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, class_vectors: torch.Tensor,
+                      *, scale: float = 16.0) -> torch.Tensor:
+    """Cross-entropy of the sampled frames' classes from cosine similarity to one vector per class.
+
+    ``emb`` (B, T, D) L2-normalised, ``labels`` (B, T), ``idx`` flattened frame indices,
+    ``class_vectors`` (C, D) learned (normalised here). Cosine logits score exactly what the
+    prototype search ranks by; ``scale`` (a NormFace-style temperature) lets the softmax saturate.
+    """
+    z = emb.reshape(-1, emb.shape[-1])[idx]
+    logits = scale * z @ F.normalize(class_vectors, dim=1).T
+    return F.cross_entropy(logits, labels.reshape(-1)[idx])
+
+
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
+               class_vectors: torch.Tensor | None = None, class_weight: float = 0.0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """003's total loss; returns the loss and its parts for logging."""
+    """003's total loss (plus ``class_weight`` x the cosine-classifier term); returns the loss and its parts."""
     idx = sample_frames(frame_labels, n_frames, generator)
     con = supcon_frames(out["proj"], frame_labels, idx, tau=tau)
     frame_l1 = F.l1_loss(out["mos"], frame_mos)
     utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
     loss = con + mos_weight * (frame_l1 + utt_l1)
-    return loss, {"supcon": float(con.detach()), "frame_mos_l1": float(frame_l1.detach()), "utt_mos_l1": float(utt_l1.detach())}
+    parts = {"supcon": float(con.detach()), "frame_mos_l1": float(frame_l1.detach()), "utt_mos_l1": float(utt_l1.detach())}
+    if class_weight > 0 and class_vectors is not None:
+        ce = cosine_class_loss(out["emb"], frame_labels, idx, class_vectors)
+        loss = loss + class_weight * ce
+        parts["class_ce"] = float(ce.detach())
+    return loss, parts

@@ -54,6 +54,8 @@ class TrainConfig:
     # 39 classes, a random batch of 24 rarely holds two clips of a class, so SupCon's positives for
     # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
     classes_per_batch: int = 0
+    # Weight of the cosine-classifier term on the indexed embedding (losses.cosine_class_loss); 0: off.
+    class_weight: float = 0.0
     network: dict = field(default_factory=dict)
 
 
@@ -150,12 +152,17 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     val = _val_sets(data)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
-    opt = torch.optim.AdamW([p for p in net.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Training-only, like the projection head: one vector per class for the cosine-classifier term.
+    class_vectors = torch.nn.Parameter(torch.randn(len(classes), net_cfg.emb_dim, generator=torch.Generator().manual_seed(cfg.seed)))
+    params = list(net.parameters()) + ([class_vectors] if cfg.class_weight > 0 else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out.with_suffix(".state.pt")
     step, best, history, elapsed0 = 0, math.inf, [], 0.0
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         net.load_state_dict(state["net"])
+        if "class_vectors" in state:
+            class_vectors.data.copy_(state["class_vectors"])
         opt.load_state_dict(state["opt"])
         step, best, history, elapsed0 = state["step"], state["best"], state["history"], state["elapsed"]
         console.print(f"resumed at step {step} (best held-out real validation error {best:.2f} %)")
@@ -188,7 +195,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
             out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
-                                     tau=cfg.tau, mos_weight=cfg.mos_weight)
+                                     tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
+                                     class_weight=cfg.class_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -208,7 +216,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                     marker = " *best*"
                 console.print(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {float(loss.detach()):.3f}  "
                               + "  ".join(f"{k} {v:5.2f} %" for k, v in figures.items()) + marker)
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                torch.save({"net": net.state_dict(), "class_vectors": class_vectors.detach(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0}, state_path)
     from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
 
