@@ -91,3 +91,16 @@ def test_total_loss_adds_the_class_term_only_when_weighted():
                                   generator=torch.Generator().manual_seed(0))
     assert "class_ce" not in parts
     assert float(weighted) == pytest.approx(float(plain) + 0.5 * wparts["class_ce"], rel=1e-5)
+
+
+def test_class_term_can_leave_clean_frames_to_the_contrastive_term():
+    out = {"emb": F.normalize(torch.randn(1, 6, 3, generator=torch.Generator().manual_seed(0)), dim=-1),
+           "proj": F.normalize(torch.randn(1, 6, 8), dim=-1), "mos": torch.full((1, 6), 3.0)}
+    labels = torch.tensor([[0, 0, 0, 2, 2, 1]])
+    vectors = torch.randn(3, 3)
+    mos = torch.full((1, 6), 3.0)
+    _, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=12, class_vectors=vectors, class_weight=1.0,
+                          class_on_clean=False, generator=torch.Generator().manual_seed(0))
+    degraded = torch.tensor([3, 4, 5])
+    expected = cosine_class_loss(out["emb"], labels, degraded, vectors)
+    assert parts["class_ce"] == pytest.approx(float(expected), rel=1e-5)

@@ -67,17 +67,22 @@ def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
 
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
-               class_vectors: torch.Tensor | None = None, class_weight: float = 0.0,
+               class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """003's total loss (plus ``class_weight`` x the cosine-classifier term); returns the loss and its parts."""
+    """003's total loss (plus ``class_weight`` x the cosine-classifier term); returns the loss and its parts.
+
+    Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
+    leaving clean-versus-degraded to the contrastive term.
+    """
     idx = sample_frames(frame_labels, n_frames, generator)
     con = supcon_frames(out["proj"], frame_labels, idx, tau=tau)
     frame_l1 = F.l1_loss(out["mos"], frame_mos)
     utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
     loss = con + mos_weight * (frame_l1 + utt_l1)
     parts = {"supcon": float(con.detach()), "frame_mos_l1": float(frame_l1.detach()), "utt_mos_l1": float(utt_l1.detach())}
-    if class_weight > 0 and class_vectors is not None:
-        ce = cosine_class_loss(out["emb"], frame_labels, idx, class_vectors)
+    class_idx = idx if class_on_clean else idx[frame_labels.reshape(-1)[idx] != 0]
+    if class_weight > 0 and class_vectors is not None and class_idx.numel():
+        ce = cosine_class_loss(out["emb"], frame_labels, class_idx, class_vectors)
         loss = loss + class_weight * ce
         parts["class_ce"] = float(ce.detach())
     return loss, parts

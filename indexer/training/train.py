@@ -56,6 +56,7 @@ class TrainConfig:
     classes_per_batch: int = 0
     # Weight of the cosine-classifier term on the indexed embedding (losses.cosine_class_loss); 0: off.
     class_weight: float = 0.0
+    class_on_clean: bool = True  # False: the classifier term sees degraded frames only
     network: dict = field(default_factory=dict)
 
 
@@ -196,7 +197,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
-                                     class_weight=cfg.class_weight)
+                                     class_weight=cfg.class_weight, class_on_clean=cfg.class_on_clean)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
