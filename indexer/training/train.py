@@ -55,6 +55,8 @@ class TrainConfig:
     # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
     classes_per_batch: int = 0
     # Weight of the cosine-classifier term on the indexed embedding (losses.cosine_class_loss); 0: off.
+    # At 1.0 it raised benchmark prototype accuracy but broke detection in the demo archive (noise
+    # found 0 %, clipping 27 %; MODEL_CARD recipe table), so off.
     class_weight: float = 0.0
     class_on_clean: bool = True  # False: the classifier term sees degraded frames only
     network: dict = field(default_factory=dict)
