@@ -80,9 +80,10 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
     utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
     loss = con + mos_weight * (frame_l1 + utt_l1)
     parts = {"supcon": float(con.detach()), "frame_mos_l1": float(frame_l1.detach()), "utt_mos_l1": float(utt_l1.detach())}
-    class_idx = idx if class_on_clean else idx[frame_labels.reshape(-1)[idx] != 0]
-    if class_weight > 0 and class_vectors is not None and class_idx.numel():
-        ce = cosine_class_loss(out["emb"], frame_labels, class_idx, class_vectors)
-        loss = loss + class_weight * ce
-        parts["class_ce"] = float(ce.detach())
+    if class_weight > 0 and class_vectors is not None:
+        class_idx = idx if class_on_clean else idx[frame_labels.reshape(-1)[idx] != 0]
+        if class_idx.numel():
+            ce = cosine_class_loss(out["emb"], frame_labels, class_idx, class_vectors)
+            loss = loss + class_weight * ce
+            parts["class_ce"] = float(ce.detach())
     return loss, parts
