@@ -14,7 +14,8 @@ from rich.console import Console
 from indexer.model import load_model
 from indexer.model.checkpoint import read_checkpoint
 from indexer.training.calibrate import eer_threshold, frame_eer
-from indexer.training.train import PRESETS, _segment_prototype_accuracy, balanced_batch, example_classes, train
+from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
+                                    train)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -82,6 +83,13 @@ def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():
         assert np.unique(idx).size == 12  # a class with enough clips gives distinct clips
     rare = np.r_[np.ones(2, np.int64), np.full(10, 2)]
     assert np.sum(rare[balanced_batch(rare, 8, 2, rng)] == 1) == 4  # too few clips: drawn with replacement
+
+
+def test_class_term_is_off_before_its_start_step_and_weighted_after():
+    cfg = replace(PRESETS["default"], class_weight=0.5, class_from_step=100)
+    assert class_weight_at(cfg, 0) == 0.0 and class_weight_at(cfg, 99) == 0.0
+    assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
+    assert class_weight_at(PRESETS["default"], 0) == 0.0  # the presets keep the term off
 
 
 def test_validation_prototype_accuracy_separates_and_confuses_classes():

@@ -127,6 +127,7 @@ def _register_train(app: typer.Typer) -> None:
         classes_per_batch: Annotated[Optional[int], typer.Option(help="Degradation classes per batch, clips split evenly among them; 0 draws clips at random (default: the preset's).")] = None,
         class_weight: Annotated[Optional[float], typer.Option(help="Weight of the cosine degradation-classifier term on the embedding; 0 turns it off (default: the preset's).")] = None,
         class_on_clean: Annotated[Optional[bool], typer.Option("--class-on-clean/--class-degraded-only", help="Whether the classifier term also sees clean frames (default: the preset's).")] = None,
+        class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier term (default: the preset's, 0).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -142,7 +143,7 @@ def _register_train(app: typer.Typer) -> None:
         overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder),
                                        ("max_steps", max_steps), ("noise_floor_p", noise_floor),
                                        ("classes_per_batch", classes_per_batch), ("class_weight", class_weight),
-                                       ("class_on_clean", class_on_clean)) if v is not None}
+                                       ("class_on_clean", class_on_clean), ("class_from_step", class_from_step)) if v is not None}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)

@@ -59,6 +59,8 @@ class TrainConfig:
     # found 0 %, clipping 27 %; MODEL_CARD recipe table), so off.
     class_weight: float = 0.0
     class_on_clean: bool = True  # False: the classifier term sees degraded frames only
+    # First step of the classifier term: later, the contrastive term has shaped the clean cluster first.
+    class_from_step: int = 0
     network: dict = field(default_factory=dict)
 
 
@@ -102,6 +104,11 @@ def balanced_batch(classes: np.ndarray, batch_size: int, classes_per_batch: int,
         pool = np.flatnonzero(classes == c)
         picks.append(rng.choice(pool, per, replace=pool.size < per))
     return np.concatenate(picks)
+
+
+def class_weight_at(cfg: TrainConfig, step: int) -> float:
+    """The classifier term's weight at ``step``: ``cfg.class_weight`` from ``cfg.class_from_step`` on, else 0."""
+    return cfg.class_weight if step >= cfg.class_from_step else 0.0
 
 
 def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> float:
@@ -199,7 +206,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
-                                     class_weight=cfg.class_weight, class_on_clean=cfg.class_on_clean)
+                                     class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
