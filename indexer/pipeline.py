@@ -457,22 +457,27 @@ def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
     return None if blob is None else bytes_to_vector(blob)
 
 
-def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
-                         quantile: float = 0.98, smooth_frames: int = 5) -> np.ndarray:
-    """Embed every frame of the clean ``clips`` (all channels), store their normalised mean as this
-    store's clean enrollment for ``model`` (replacing an older one), and return it.
+@dataclass
+class CleanEnrollment:
+    """A clean enrollment computed from reference clips: the vector, its own detection threshold
+    and what it was computed from."""
 
-    The enrollment also gets its own detection threshold: the ``quantile`` of the clips' frame
-    scores against it, median-smoothed as detection smooths them. The model's threshold was
-    calibrated against its built-in enrollment, and distances to a store's own enrollment sit on
-    another scale (on the demo the model's threshold missed most noise stretches, this one
-    found them).
+    vector: np.ndarray
+    threshold: float
+    frames: int
+    seconds: float
+
+
+def clean_enrollment(model: FrameModel, clips: Sequence[str | Path], *, quantile: float = 0.98,
+                     smooth_frames: int = 5) -> CleanEnrollment:
+    """Embed every frame of the clean ``clips`` (all channels); the enrollment is their normalised mean.
+
+    Its detection threshold is the ``quantile`` of the clips' frame scores against it,
+    median-smoothed as detection smooths them. The model's threshold was calibrated against its
+    built-in enrollment, and distances to an archive's own enrollment sit on another scale (on the
+    demo the model's threshold missed most noise stretches, this one found them).
     """
     from scipy.ndimage import median_filter
-    from sqlalchemy import delete
-
-    from retrieval.models import Enrollment, vector_to_bytes
-    from retrieval.prototypes import write_session
 
     if not clips:
         raise ConfigError("enroll-clean needs at least one clip", "pass clean recordings: degsearch enroll-clean a.wav b.wav")
@@ -489,14 +494,26 @@ def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | 
         raise ModelError("the clips gave no usable frames", "pass longer clean clips (a few seconds each)")
     vector = (total / norm).astype(np.float32)
     scores = np.concatenate([median_filter(frame_scores(e, vector), size=smooth_frames, mode="nearest") for e in channels])
-    threshold = float(np.quantile(scores, quantile))
+    return CleanEnrollment(vector, float(np.quantile(scores, quantile)), frames, seconds)
+
+
+def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
+                         quantile: float = 0.98, smooth_frames: int = 5) -> np.ndarray:
+    """Store ``clean_enrollment`` of the clean ``clips`` as this store's clean enrollment for
+    ``model`` (replacing an older one), with its own detection threshold; return the vector."""
+    from sqlalchemy import delete
+
+    from retrieval.models import Enrollment, vector_to_bytes
+    from retrieval.prototypes import write_session
+
+    enrollment = clean_enrollment(model, clips, quantile=quantile, smooth_frames=smooth_frames)
     with write_session(store) as session:
         session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == "clean"))
-        session.add(Enrollment(name="clean", model_id=model.model_id, dim=model.dim, vector=vector_to_bytes(vector),
-                               threshold=threshold,
-                               sources={"clips": [str(Path(c).resolve()) for c in clips], "frames": frames, "seconds": seconds,
-                                        "quantile": quantile}))
-    return vector
+        session.add(Enrollment(name="clean", model_id=model.model_id, dim=model.dim,
+                               vector=vector_to_bytes(enrollment.vector), threshold=enrollment.threshold,
+                               sources={"clips": [str(Path(c).resolve()) for c in clips], "frames": enrollment.frames,
+                                        "seconds": enrollment.seconds, "quantile": quantile}))
+    return enrollment.vector
 
 
 def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
