@@ -468,7 +468,7 @@ class CleanEnrollment:
     seconds: float
 
 
-def clean_enrollment(model: FrameModel, clips: Sequence[str | Path], *, quantile: float = 0.98,
+def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, quantile: float = 0.98,
                      smooth_frames: int = 5) -> CleanEnrollment:
     """Embed every frame of the clean ``clips`` (all channels); the enrollment is their normalised mean.
 
@@ -499,14 +499,14 @@ def clean_enrollment(model: FrameModel, clips: Sequence[str | Path], *, quantile
 
 def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
                          quantile: float = 0.98, smooth_frames: int = 5) -> np.ndarray:
-    """Store ``clean_enrollment`` of the clean ``clips`` as this store's clean enrollment for
+    """Store ``enrollment_from_clips`` of the clean ``clips`` as this store's clean enrollment for
     ``model`` (replacing an older one), with its own detection threshold; return the vector."""
     from sqlalchemy import delete
 
     from retrieval.models import Enrollment, vector_to_bytes
     from retrieval.prototypes import write_session
 
-    enrollment = clean_enrollment(model, clips, quantile=quantile, smooth_frames=smooth_frames)
+    enrollment = enrollment_from_clips(model, clips, quantile=quantile, smooth_frames=smooth_frames)
     with write_session(store) as session:
         session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == "clean"))
         session.add(Enrollment(name="clean", model_id=model.model_id, dim=model.dim,

@@ -89,7 +89,8 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     cfg = replace(PRESETS["default"], class_weight=0.5, class_from_step=100)
     assert class_weight_at(cfg, 0) == 0.0 and class_weight_at(cfg, 99) == 0.0
     assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
-    assert class_weight_at(PRESETS["default"], 0) == 0.0  # the presets keep the term off
+    default = PRESETS["default"]  # the shipped recipe: contrastive term alone for the first half
+    assert class_weight_at(default, 0) == 0.0 and class_weight_at(default, default.max_steps // 2) == 0.3
 
 
 def test_validation_prototype_accuracy_separates_and_confuses_classes():
