@@ -65,7 +65,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # The shipped fast model: 13,810 steps (45 min on the 2-core CPU machine; the time cap is a guard).
+    # The shipped fast model: 13,810 steps (65 min on the 2-core CPU machine; the 90-min cap is a guard).
     # The classifier term at 0.3 from half-way (MODEL_CARD recipe table: frame EER lower on all four
     # benchmarks, the demo's detections kept; from step 0 it widened the clean tail and lost them).
     "default": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905),
