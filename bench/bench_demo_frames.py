@@ -4,8 +4,8 @@ degradation sit from the archive's own clean enrollment.
     .venv/bin/python bench/bench_demo_frames.py [--model fast] [--model data/models/runs/x.pt] [--out degsearch-demo]
 
 For each model: the clean enrollment and threshold that `degsearch demo` computes from the two
-reference calls (`pipeline.enrollment_from_clips`), the reference frames' score quantiles (how heavy the
-clean tail is), the archive's frame EER (planted stretches against everything else), and per
+reference calls (`pipeline.enrollment_from_clips`), the reference frames' score quantiles (how
+heavy the clean tail is), the archive's frame EER (planted stretches against everything else), and per
 degradation the share of its frames over the threshold and their median score. Frame scores are
 1 - cosine to the enrollment, median-smoothed as detection smooths them. A recipe that widens the
 clean tail loses detections here even when its benchmark frame EER is better; compare recipes with
@@ -36,12 +36,8 @@ def demo_frame_figures(model_name: str, out_dir: Path, smooth_frames: int, quant
     events = json.loads((manifest.parent / "planted.json").read_text())["events"]
     model = load_model(model_name)
     enrollment = enrollment_from_clips(model, sorted(str(p) for p in (out_dir / "reference").glob("*.wav")),
-                                  quantile=quantile, smooth_frames=smooth_frames)
-    reference = []
-    for clip in sorted((out_dir / "reference").glob("*.wav")):
-        for out in model.embed_batch(list(load_audio(clip).samples)):
-            reference.append(median_filter(frame_scores(out.embeddings, enrollment.vector), size=smooth_frames, mode="nearest"))
-    ref = np.concatenate(reference)
+                                       quantile=quantile, smooth_frames=smooth_frames)
+    ref = enrollment.scores
     scores, kinds = [], []
     for path in sorted(manifest.parent.glob("call_*")):
         for channel, out in enumerate(model.embed_batch(list(load_audio(path).samples))):

@@ -459,17 +459,18 @@ def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
 
 @dataclass
 class CleanEnrollment:
-    """A clean enrollment computed from reference clips: the vector, its own detection threshold
-    and what it was computed from."""
+    """A clean enrollment computed from reference clips: the vector, its own detection threshold,
+    the clips' smoothed frame scores it was taken from, and how much audio that was."""
 
     vector: np.ndarray
     threshold: float
+    scores: np.ndarray
     frames: int
     seconds: float
 
 
 def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, quantile: float = 0.98,
-                     smooth_frames: int = 5) -> CleanEnrollment:
+                          smooth_frames: int = 5) -> CleanEnrollment:
     """Embed every frame of the clean ``clips`` (all channels); the enrollment is their normalised mean.
 
     Its detection threshold is the ``quantile`` of the clips' frame scores against it,
@@ -494,7 +495,7 @@ def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, qua
         raise ModelError("the clips gave no usable frames", "pass longer clean clips (a few seconds each)")
     vector = (total / norm).astype(np.float32)
     scores = np.concatenate([median_filter(frame_scores(e, vector), size=smooth_frames, mode="nearest") for e in channels])
-    return CleanEnrollment(vector, float(np.quantile(scores, quantile)), frames, seconds)
+    return CleanEnrollment(vector, float(np.quantile(scores, quantile)), scores, frames, seconds)
 
 
 def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
