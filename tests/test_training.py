@@ -11,8 +11,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from indexer.model import load_model
+from indexer.model import MARGIN_FRAMES, FrameModel, load_model
 from indexer.model.checkpoint import read_checkpoint
+from indexer.model.network import FrameNetwork, NetworkConfig
+from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
                                     train)
@@ -129,3 +131,30 @@ def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, t
     console.file.close()
     assert steps == 2 and again["steps"] == 3
     assert f"resumed at step {steps}" in (tmp_path / "log.txt").read_text()
+
+
+def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(shard_root, tmp_path):
+    """The accurate recipe's cache: embeddings decoded from cached distillmos features equal the
+    shipped model's own embed(), and a second run reads the cache instead of encoding again."""
+    torch.manual_seed(0)
+    net = FrameNetwork(NetworkConfig(encoder="distillmos", hidden=32, dilations=[1, 2])).eval()
+    audio = np.stack([_voice(np.random.default_rng(i), SR) for i in range(3)])
+    cached = decode_clips(net, encode_clips(net, audio, MARGIN_FRAMES), MARGIN_FRAMES)
+    model = FrameModel(net, model_id="t", name="t", threshold=0.0, enrollments={})
+    direct = np.stack([model.embed(a).embeddings for a in audio])
+    assert cached.shape == direct.shape == (3, FRAMES, 64)
+    assert np.abs(cached - direct).max() < 1e-3  # float16 features
+
+    root = tmp_path / "shards"
+    for name in ("train", "val_real", "val_heldout_catalog"):
+        write_shards(root / name, 6, len(name))
+    cfg = replace(PRESETS["smoke"], encoder="distillmos", minutes=5.0, max_steps=2, freeze_encoder_steps=2, cache_frozen=True,
+                  threads=1, eval_every=2, batch_size=4, contrast_frames=64, network={"hidden": 32, "dilations": [1, 2]})
+    log = tmp_path / "log.txt"
+    for run in ("a", "b"):
+        with open(log, "a") as f:
+            summary = train(root, tmp_path / f"{run}.pt", cfg, console=Console(file=f, width=300))
+        assert summary["steps"] == 2 and load_model(str(tmp_path / f"{run}.pt")).embed(audio[0]).embeddings.shape == (FRAMES, 64)
+    assert len(list((root / "train").glob("encoded-*.npy"))) == 1
+    text = log.read_text()
+    assert text.count("features computing") == 3 and text.count("features from") == 3

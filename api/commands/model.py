@@ -114,7 +114,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= fast log-mel CNN), fast, accurate (distillmos front end), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= fast log-mel CNN), fast, accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,
@@ -128,6 +128,8 @@ def _register_train(app: typer.Typer) -> None:
         class_weight: Annotated[Optional[float], typer.Option(help="Weight of the cosine degradation-classifier term on the embedding; 0 turns it off (default: the preset's).")] = None,
         class_on_clean: Annotated[Optional[bool], typer.Option("--class-on-clean/--class-degraded-only", help="Whether the classifier term also sees clean frames (default: the preset's).")] = None,
         class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier term (default: the preset's, 0).")] = None,
+        freeze_encoder_steps: Annotated[Optional[int], typer.Option(help="Pretrained encoders: steps trained with the encoder frozen before fine-tuning it (default: the preset's).")] = None,
+        cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -143,7 +145,8 @@ def _register_train(app: typer.Typer) -> None:
         overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder),
                                        ("max_steps", max_steps), ("noise_floor_p", noise_floor),
                                        ("classes_per_batch", classes_per_batch), ("class_weight", class_weight),
-                                       ("class_on_clean", class_on_clean), ("class_from_step", class_from_step)) if v is not None}
+                                       ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
+                                       ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen)) if v is not None}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)

@@ -183,15 +183,17 @@ class FrameNetwork(nn.Module):
         Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5 and, with ``project``
         (training: only the loss uses it), ``proj`` (B, T, P) L2-normalised; T = ceil(N / 320).
         """
-        t = n_frames(audio.shape[-1])
-        if feats is not None:
-            h = self.encoder.forward_features(feats)
-        else:
-            h = self.encoder(audio)
-        h = _fit_length(h, t)
-        h = self.temporal(self.inp(h))
-        emb_raw = self.emb_head(h)
-        emb = F.normalize(emb_raw, dim=1)
+        return self.decode(self.encode(audio, feats), n_frames(audio.shape[-1]), project=project)
+
+    def encode(self, audio: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's (B, C, T') features (``feats``: precomputed log-mels for the fast encoder)."""
+        return self.encoder.forward_features(feats) if feats is not None else self.encoder(audio)
+
+    def decode(self, h: torch.Tensor, t: int, *, project: bool = True) -> dict[str, torch.Tensor]:
+        """Encoder features -> the outputs of :meth:`forward` for ``t`` frames (training a frozen
+        encoder feeds features computed once, :mod:`indexer.training.frozen`)."""
+        h = self.temporal(self.inp(_fit_length(h, t)))
+        emb = F.normalize(self.emb_head(h), dim=1)
         mos = 1.0 + 4.0 * torch.sigmoid(self.mos_head(h).squeeze(1))
         out = {"emb": emb.transpose(1, 2), "mos": mos}
         if project:

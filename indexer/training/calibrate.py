@@ -7,6 +7,7 @@ from sklearn.metrics import roc_curve
 
 from indexer.model import FrameModel
 from indexer.model.network import FrameNetwork
+from indexer.training.frozen import ClipEmbed
 
 
 def frame_eer(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -24,26 +25,29 @@ def eer_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(thr[i])
 
 
-def _mean_clean(model: FrameModel, audio: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    frames = [model.embed(a).embeddings[lab[: 200] == 0] for a, lab in zip(audio, labels)]
-    v = np.concatenate(frames).mean(0)
-    return v / np.linalg.norm(v)
+def model_embedder(net: FrameNetwork, sets: dict[str, dict[str, np.ndarray]]) -> ClipEmbed:
+    """Embeds rows of ``sets`` (name -> shard arrays) through the model, as the indexer would."""
+    model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
+    return lambda name, rows: np.stack([model.embed(a).embeddings for a in sets[name]["audio"][rows]])
 
 
 def calibrate(net: FrameNetwork, train: dict[str, np.ndarray], val: dict[str, dict[str, np.ndarray]],
-              n_enroll: int = 300) -> dict:
+              n_enroll: int = 300, embed: ClipEmbed | None = None) -> dict:
     """Enrollments from clean training frames (wideband and narrowband separately); threshold at the
     equal-error point of the pooled held-out real-speaker validation sets, each scored with the
-    enrollment matching its examples' bandwidth. Returns checkpoint metadata."""
-    model = FrameModel(net, model_id="calibrating", name="calibrating", threshold=0.0, enrollments={})
+    enrollment matching its examples' bandwidth. ``embed`` (set name, rows) gives the clips'
+    embeddings ("train" names ``train``; default: through ``net``). Returns checkpoint metadata."""
+    embed = embed or model_embedder(net, {"train": train, **val})
     nb = train["narrowband"]
     enroll = {}
     for key, sel in (("wideband", ~nb), ("narrowband", nb)):
         pick = np.flatnonzero(sel)[:n_enroll]
-        enroll[key] = _mean_clean(model, train["audio"][pick], train["frame_labels"][pick])
+        emb = embed("train", pick)
+        v = emb[train["frame_labels"][pick][:, : emb.shape[1]] == 0].mean(0)
+        enroll[key] = v / np.linalg.norm(v)
     all_scores, all_pos, per_set = [], [], {}
     for name, arrays in val.items():
-        emb = np.stack([model.embed(a).embeddings for a in arrays["audio"]])
+        emb = embed(name, np.arange(len(arrays["audio"])))
         e = np.where(arrays["narrowband"][:, None, None], enroll["narrowband"], enroll["wideband"])
         scores = 1.0 - (emb * e).sum(-1)
         pos = arrays["frame_labels"][:, : emb.shape[1]] != 0

@@ -20,11 +20,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from indexer.errors import ConfigError
 from indexer.features import log_mel
-from indexer.model import FrameModel
+from indexer.model import MARGIN_FRAMES
 from indexer.model.checkpoint import save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.augment import channel_augment, noise_floor
-from indexer.training.calibrate import calibrate, frame_eer
+from indexer.training.calibrate import calibrate, frame_eer, model_embedder
+from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
 from indexer.training.losses import total_loss
 from indexer.training.shards import load_shards
 from retrieval.evaluation import class_prototypes, prototype_accuracy
@@ -61,6 +62,9 @@ class TrainConfig:
     class_on_clean: bool = True  # False: the classifier term sees degraded frames only
     # First step of the classifier term: later, the contrastive term has shaped the clean cluster first.
     class_from_step: int = 0
+    # Pretrained encoders: compute each clip's encoder features once and train the head on them
+    # while the encoder is frozen (indexer.training.frozen); without it every step runs the encoder.
+    cache_frozen: bool = False
     network: dict = field(default_factory=dict)
 
 
@@ -70,7 +74,11 @@ PRESETS: dict[str, TrainConfig] = {
     # benchmarks, the demo's detections kept; from step 0 it widened the clean tail and lost them).
     "default": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905),
     "fast": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905),
-    "accurate": TrainConfig(encoder="distillmos", batch_size=12, lr=1e-3, freeze_encoder_steps=600),
+    # The distillmos front end frozen for the whole run, its features computed once (~20 min on 2
+    # cores), the head trained on them with the fast recipe over 6,000 steps (CPU budget; fine-tuning
+    # the front end too needs a GPU: set --freeze-encoder-steps below --max-steps and --no-cache-frozen).
+    "accurate": TrainConfig(encoder="distillmos", minutes=90.0, max_steps=6000, freeze_encoder_steps=6000,
+                            cache_frozen=True, eval_every=500, class_weight=0.3, class_from_step=3000),
     "smoke": TrainConfig(minutes=0.3, batch_size=4, eval_every=5, contrast_frames=128),
 }
 
@@ -129,8 +137,8 @@ def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> 
     return 100.0 * prototype_accuracy(seg_emb[test], seg_lab[test], protos, names)
 
 
-def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Per validation set: frame EER (``eer_<set>``, %) and prototype accuracy (``proto_<set>``, %).
+def validate(embed: ClipEmbed, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per validation set (embedded by ``embed``): frame EER (``eer_<set>``, %) and prototype accuracy (``proto_<set>``, %).
 
     The enrollment is the first quarter's clean frames; the prototypes its regions per class.
     ``selection`` (lower is better) averages frame EER and prototype error over the sets, so a
@@ -138,8 +146,7 @@ def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[
     """
     result, errors = {}, []
     for name, arrays in sets.items():
-        outs = [model.embed(a) for a in arrays["audio"]]
-        emb = np.stack([o.embeddings for o in outs])  # (N, T, D)
+        emb = embed(name, np.arange(len(arrays["audio"])))  # (N, T, D)
         labels = arrays["frame_labels"][:, : emb.shape[1]]
         q = max(1, len(emb) // 4)
         enroll_frames = emb[:q][labels[:q] == 0]
@@ -151,6 +158,18 @@ def validate(model: FrameModel, sets: dict[str, dict[str, np.ndarray]]) -> dict[
         errors += [result[f"eer_{name}"], 100.0 - result[f"proto_{name}"]]
     result["selection"] = float(np.nanmean(errors))
     return result
+
+
+def _frozen_caches(net: FrameNetwork, data: Path, train_arrays: dict[str, np.ndarray],
+                   val: dict[str, dict[str, np.ndarray]], console: Console) -> dict[str, tuple[np.ndarray, int]]:
+    """(features, margin) per set: training clips bare (as training feeds them), validation clips with
+    the zero margins :meth:`FrameModel.embed` adds, so validation scores what the model will."""
+    caches = {}
+    for name, arrays, margin in [("train", train_arrays, 0)] + [(k, v, MARGIN_FRAMES) for k, v in val.items()]:
+        path = cache_path(data / name, net.cfg.encoder, arrays["audio"], margin)
+        console.print(f"{name}: frozen {net.cfg.encoder} features {'from' if path.is_file() else 'computing, to'} {path}")
+        caches[name] = (encode_clips(net, arrays["audio"], margin, path, log=console.print), margin)
+    return caches
 
 
 def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
@@ -186,6 +205,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     umos_t = torch.from_numpy(train_arrays["utt_mos"])
     narrow_t = torch.from_numpy(train_arrays["narrowband"].astype(bool))
     clip_classes = example_classes(train_arrays["frame_labels"])
+    pretrained = cfg.encoder != "logmel_cnn"
+    caches = _frozen_caches(net, data, train_arrays, val, console) if pretrained and cfg.cache_frozen else None
     t0 = time.time() - elapsed0
     recipe = {"train_config": asdict(cfg), "data": str(data), "train_examples": n, "classes": classes}
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -198,14 +219,18 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             frac = step / cfg.max_steps if cfg.max_steps else min(1.0, (time.time() - t0) / budget)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-            net.encoder.requires_grad_(not (cfg.encoder != "logmel_cnn" and step < cfg.freeze_encoder_steps))
+            frozen = pretrained and step < cfg.freeze_encoder_steps
+            net.encoder.requires_grad_(not frozen)
             idx = torch.from_numpy(balanced_batch(clip_classes, cfg.batch_size, cfg.classes_per_batch, rng)
                                    if cfg.classes_per_batch else rng.choice(n, cfg.batch_size, replace=False))
             audio = audio_t[idx] * float(10 ** rng.uniform(-0.5, 0.3))
             if cfg.noise_floor_p > 0:
                 audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
             feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
-            out_ = net(audio, feats=feats)
+            if caches is not None and frozen:
+                out_ = net.decode(torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32)), labels_t.shape[1])
+            else:
+                out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
                                      class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean)
@@ -218,8 +243,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             last = time.time() - t0 >= budget or step == cfg.max_steps
             if step % cfg.eval_every == 0 or last:
                 net.eval()
-                model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
-                figures = validate(model, val)
+                figures = validate(cached_embedder(net, caches) if caches is not None and frozen else model_embedder(net, val), val)
                 history.append({"step": step, "minutes": round((time.time() - t0) / 60, 1), **parts, **figures})
                 marker = ""
                 if figures["selection"] < best:
@@ -233,7 +257,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
 
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
-    calib = calibrate(best_net, train_arrays, val)
+    # The cache still describes the best network's encoder if the run never unfroze it.
+    calib = calibrate(best_net, train_arrays, val,
+                      embed=cached_embedder(best_net, caches) if caches is not None and step <= cfg.freeze_encoder_steps else None)
     model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, "classes": classes, **calib})
     summary = {"model_id": model_id, "path": str(out), "best_val_error": best, "steps": step,
                "threshold": calib["threshold"], **calib["validation"]}
