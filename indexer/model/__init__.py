@@ -91,7 +91,8 @@ def load_model(name_or_path: str = "fast") -> FrameModel:
     if name_or_path in SHIPPED and not path.is_file():
         raise ModelError(
             f"the shipped '{name_or_path}' model is not installed at {path}",
-            "reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset default",
+            f"reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset "
+            f"{'default' if name_or_path == 'fast' else name_or_path} --data data/shards --out {path}",
         )
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
