@@ -149,7 +149,8 @@ def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(shard_r
     for name in ("train", "val_real", "val_heldout_catalog"):
         write_shards(root / name, 6, len(name))
     cfg = replace(PRESETS["smoke"], encoder="distillmos", minutes=5.0, max_steps=2, freeze_encoder_steps=2, cache_frozen=True,
-                  threads=1, eval_every=2, batch_size=4, contrast_frames=64, network={"hidden": 32, "dilations": [1, 2]})
+                  frozen_feature_dropout=0.1, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                  network={"hidden": 32, "dilations": [1, 2]})
     log = tmp_path / "log.txt"
     for run in ("a", "b"):
         with open(log, "a") as f:

@@ -130,6 +130,7 @@ def _register_train(app: typer.Typer) -> None:
         class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier term (default: the preset's, 0).")] = None,
         freeze_encoder_steps: Annotated[Optional[int], typer.Option(help="Pretrained encoders: steps trained with the encoder frozen before fine-tuning it (default: the preset's).")] = None,
         cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
+        frozen_feature_dropout: Annotated[Optional[float], typer.Option(help="Dropout on cached frozen-encoder features (default: the preset's, 0).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -146,7 +147,8 @@ def _register_train(app: typer.Typer) -> None:
                                        ("max_steps", max_steps), ("noise_floor_p", noise_floor),
                                        ("classes_per_batch", classes_per_batch), ("class_weight", class_weight),
                                        ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
-                                       ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen)) if v is not None}
+                                       ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
+                                       ("frozen_feature_dropout", frozen_feature_dropout)) if v is not None}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)

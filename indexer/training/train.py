@@ -65,6 +65,9 @@ class TrainConfig:
     # Pretrained encoders: compute each clip's encoder features once and train the head on them
     # while the encoder is frozen (indexer.training.frozen); without it every step runs the encoder.
     cache_frozen: bool = False
+    # Dropout on the cached features: the cache repeats each clip's features exactly, where the fast
+    # encoder sees a new random EQ and level every visit.
+    frozen_feature_dropout: float = 0.0
     network: dict = field(default_factory=dict)
 
 
@@ -228,7 +231,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
             feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
             if caches is not None and frozen:
-                out_ = net.decode(torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32)), labels_t.shape[1])
+                h = torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32))
+                out_ = net.decode(torch.nn.functional.dropout(h, cfg.frozen_feature_dropout), labels_t.shape[1])
             else:
                 out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
