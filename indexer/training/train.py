@@ -77,8 +77,8 @@ PRESETS: dict[str, TrainConfig] = {
     # benchmarks, the demo's detections kept; from step 0 it widened the clean tail and lost them).
     "default": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905),
     "fast": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905),
-    # The distillmos front end frozen for the whole run, its features computed once (~20 min on 2
-    # cores), the head trained on them with the fast recipe over 6,000 steps (CPU budget; fine-tuning
+    # The distillmos front end frozen for the whole run, its features computed once (12 min on 2
+    # cores), the head trained on them with the fast recipe over 6,000 steps (14 min; fine-tuning
     # the front end too needs a GPU: set --freeze-encoder-steps below --max-steps and --no-cache-frozen).
     "accurate": TrainConfig(encoder="distillmos", minutes=90.0, max_steps=6000, freeze_encoder_steps=6000,
                             cache_frozen=True, eval_every=500, class_weight=0.3, class_from_step=3000),
@@ -141,7 +141,8 @@ def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> 
 
 
 def validate(embed: ClipEmbed, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """Per validation set (embedded by ``embed``): frame EER (``eer_<set>``, %) and prototype accuracy (``proto_<set>``, %).
+    """Per validation set (embedded by ``embed``): frame EER (``eer_<set>``, %) and prototype
+    accuracy (``proto_<set>``, %).
 
     The enrollment is the first quarter's clean frames; the prototypes its regions per class.
     ``selection`` (lower is better) averages frame EER and prototype error over the sets, so a
