@@ -14,8 +14,8 @@ from rich.console import Console
 from indexer.model import MARGIN_FRAMES, FrameModel, load_model
 from indexer.model.checkpoint import read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.calibrate import eer_threshold, frame_eer
+from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
                                     train)
 
@@ -133,7 +133,7 @@ def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, t
     assert f"resumed at step {steps}" in (tmp_path / "log.txt").read_text()
 
 
-def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(shard_root, tmp_path):
+def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(tmp_path):
     """The accurate recipe's cache: embeddings decoded from cached distillmos features equal the
     shipped model's own embed(), and a second run reads the cache instead of encoding again."""
     torch.manual_seed(0)

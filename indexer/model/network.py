@@ -192,7 +192,7 @@ class FrameNetwork(nn.Module):
     def decode(self, h: torch.Tensor, t: int, *, project: bool = True) -> dict[str, torch.Tensor]:
         """Encoder features -> the outputs of :meth:`forward` for ``t`` frames (training a frozen
         encoder feeds features computed once, :mod:`indexer.training.frozen`)."""
-        h = self.temporal(self.inp(_fit_length(h, t)))
+        h = self.temporal(self.inp(fit_length(h, t)))
         emb = F.normalize(self.emb_head(h), dim=1)
         mos = 1.0 + 4.0 * torch.sigmoid(self.mos_head(h).squeeze(1))
         out = {"emb": emb.transpose(1, 2), "mos": mos}
@@ -228,7 +228,7 @@ def fold_batchnorm(net: FrameNetwork) -> FrameNetwork:
     return folded
 
 
-def _fit_length(h: torch.Tensor, t: int) -> torch.Tensor:
+def fit_length(h: torch.Tensor, t: int) -> torch.Tensor:
     """Crop or edge-pad the encoder's time axis to exactly ``t`` frames (encoders differ by a frame)."""
     if h.shape[-1] >= t:
         return h[..., :t]

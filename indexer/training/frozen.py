@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.model.network import FRAME_HOP, FrameNetwork, n_frames
+from indexer.model.network import FRAME_HOP, FrameNetwork, fit_length, n_frames
 
 # A set name ("train" or a validation set) and row indices -> (rows, frames, dim) embeddings.
 ClipEmbed = Callable[[str, np.ndarray], np.ndarray]
@@ -52,7 +52,7 @@ def encode_clips(net: FrameNetwork, audio: np.ndarray, margin: int, path: Path |
         for start in range(0, len(audio), batch_size):
             batch = torch.from_numpy(np.pad(audio[start:start + batch_size], ((0, 0), (pad, pad))))
             h = net.encode(batch)
-            h = h[..., :t] if h.shape[-1] >= t else torch.nn.functional.pad(h, (0, t - h.shape[-1]), mode="replicate")
+            h = fit_length(h, t)
             if out is None:
                 shape = (len(audio), h.shape[1], t)
                 out = (np.lib.format.open_memmap(path.with_suffix(".partial"), mode="w+", dtype=np.float16, shape=shape)

@@ -262,7 +262,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
 
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
-    # The cache still describes the best network's encoder if the run never unfroze it.
+    # The cache still describes the best network's encoder if the run never unfroze it. (Its training
+    # clips are cached without the zero margins embed() adds: the enrollment means differ only at clip edges.)
     calib = calibrate(best_net, train_arrays, val,
                       embed=cached_embedder(best_net, caches) if caches is not None and step <= cfg.freeze_encoder_steps else None)
     model_id = save_checkpoint(out, best_net, {"name": out.stem, "recipe": recipe, "history": history, "classes": classes, **calib})
