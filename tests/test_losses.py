@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.losses import cosine_class_loss, pair_masks, sample_frames, supcon_frames, total_loss
+from indexer.training.losses import cosine_class_loss, sample_frames, supcon_frames, total_loss
 
 torch.set_num_threads(1)
 
@@ -34,27 +34,6 @@ def test_neighbouring_frames_of_one_utterance_are_not_positives():
     proj = _clustered(labels, 0.1)
     assert float(supcon_frames(proj, labels, torch.arange(8), exclude_within=2)) == 0.0
     assert float(supcon_frames(proj, labels, torch.arange(8), exclude_within=1)) > 0.0
-
-
-def test_across_utterance_positives_come_only_from_other_clips():
-    # Two clips of 4 frames: clean, clean, degraded (class 1), degraded.
-    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
-    idx = torch.arange(8)
-    y = labels.reshape(-1)
-    valid, pos = pair_masks(idx, y, 4, exclude_within=0, across_utterances=True)
-    utt = idx // 4
-    assert not (pos & (utt[:, None] == utt[None, :])).any()
-    assert pos[2, 6] and pos[0, 4] and not pos[0, 6]  # same class in another clip; not another class
-    assert valid[0, 2] and not pos[0, 2]  # clean vs degraded in one clip stays a negative
-    assert not valid[2, 3]  # same class, same clip: neither positive nor negative
-    within_valid, within_pos = pair_masks(idx, y, 4, exclude_within=0)
-    assert within_pos[2, 3] and within_valid[2, 3]
-    # A class seen in one clip only has no positives across clips, so no loss.
-    one = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
-    proj = _clustered(one, 0.1)
-    only_deg = torch.tensor([0, 2, 3])  # one clean frame, the class-1 region
-    assert float(supcon_frames(proj, one, only_deg, exclude_within=0, across_utterances=True)) == 0.0
-    assert float(supcon_frames(proj, one, only_deg, exclude_within=0)) > 0.0
 
 
 def test_frame_sampling_balances_clean_and_degraded():

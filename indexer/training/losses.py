@@ -24,37 +24,24 @@ def sample_frames(labels: torch.Tensor, n: int, generator: torch.Generator | Non
     return torch.unique(torch.cat(picks))
 
 
-def pair_masks(idx: torch.Tensor, y: torch.Tensor, t: int, *, exclude_within: int = 5,
-               across_utterances: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(valid, positives) masks over pairs of the sampled frames ``idx`` (flattened B*T, ``t`` per clip).
-
-    A frame is never paired with itself; frames of one utterance closer than ``exclude_within`` frames
-    are neither positives nor negatives (their context overlaps). With ``across_utterances``, frames of
-    one utterance with the same class are left out too, so every positive comes from another clip
-    (another speaker, text or channel) while the clean/degraded contrast within a clip stays.
-    """
-    utt, pos_t = idx // t, idx % t
-    same_utt = utt[:, None] == utt[None, :]
-    same_cls = y[:, None] == y[None, :]
-    eye = torch.eye(idx.numel(), dtype=torch.bool, device=idx.device)
-    invalid = eye | (same_utt & ((pos_t[:, None] - pos_t[None, :]).abs() < exclude_within))
-    if across_utterances:
-        invalid = invalid | (same_utt & same_cls)
-    return ~invalid, ~invalid & same_cls
-
-
 def supcon_frames(proj: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, *, tau: float = 0.1,
-                  exclude_within: int = 5, across_utterances: bool = False) -> torch.Tensor:
+                  exclude_within: int = 5) -> torch.Tensor:
     """Supervised contrastive loss over sampled frames (003 eq. 5).
 
     ``proj`` (B, T, P) is L2-normalised, ``labels`` (B, T) class ids (clean is its own class),
-    ``idx`` flattened frame indices; which pairs count is :func:`pair_masks`'s rule.
+    ``idx`` flattened frame indices. Pairs of frames of the same utterance closer than
+    ``exclude_within`` frames are neither positives nor negatives (their context overlaps).
     """
     b, t, p = proj.shape
     z = proj.reshape(b * t, p)[idx]
     y = labels.reshape(-1)[idx]
+    utt, pos_t = idx // t, idx % t
     logits = z @ z.T / tau
-    valid, positives = pair_masks(idx, y, t, exclude_within=exclude_within, across_utterances=across_utterances)
+    n = idx.numel()
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    near = (utt[:, None] == utt[None, :]) & ((pos_t[:, None] - pos_t[None, :]).abs() < exclude_within)
+    valid = ~(eye | near)
+    positives = valid & (y[:, None] == y[None, :])
     logits = logits.masked_fill(~valid, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = positives.sum(1)
@@ -81,15 +68,14 @@ def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
-               supcon_across: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """003's total loss (plus ``class_weight`` x the cosine-classifier term); returns the loss and its parts.
 
     Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
-    leaving clean-versus-degraded to the contrastive term. ``supcon_across`` takes the contrastive
-    term's positives from other clips only (:func:`pair_masks`).
+    leaving clean-versus-degraded to the contrastive term.
     """
     idx = sample_frames(frame_labels, n_frames, generator)
-    con = supcon_frames(out["proj"], frame_labels, idx, tau=tau, across_utterances=supcon_across)
+    con = supcon_frames(out["proj"], frame_labels, idx, tau=tau)
     frame_l1 = F.l1_loss(out["mos"], frame_mos)
     utt_l1 = F.l1_loss(out["mos"].mean(1), utt_mos)
     loss = con + mos_weight * (frame_l1 + utt_l1)

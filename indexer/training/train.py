@@ -55,9 +55,6 @@ class TrainConfig:
     # 39 classes, a random batch of 24 rarely holds two clips of a class, so SupCon's positives for
     # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
     classes_per_batch: int = 0
-    # SupCon positives from other clips only (losses.pair_masks): a degraded frame's same-clip
-    # positives teach "same utterance"; this asks for "same degradation, another speaker" instead.
-    supcon_across: bool = False
     # Weight of the cosine-classifier term on the indexed embedding (losses.cosine_class_loss); 0: off.
     # From step 0 (at 1.0 or 0.3) it raised prototype accuracy but widened the clean-speech tail and
     # lost the demo's detections (MODEL_CARD recipe table); the presets start it half-way.
@@ -241,8 +238,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
-                                     class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
-                                     supcon_across=cfg.supcon_across)
+                                     class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
