@@ -16,6 +16,7 @@ from indexer.model.checkpoint import read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
+from indexer.training.shards import band_limit_narrowband
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
                                     train)
 
@@ -68,6 +69,23 @@ def test_frame_eer_of_perfect_reversed_and_random_scores():
     assert frame_eer(-scores, pos) == 100.0
     assert abs(frame_eer(np.random.default_rng(0).random(1000), pos) - 50) < 6
     assert 0.0 < eer_threshold(scores + 0.5 * (np.arange(1000) % 2), pos) <= 1.5
+
+
+def test_narrowband_clips_lose_everything_above_4khz_and_wideband_clips_stay():
+    t = np.arange(64000) / 16000
+    clip = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    arrays = {"audio": np.stack([clip, clip]), "narrowband": np.array([True, False])}
+    band_limit_narrowband(arrays)
+
+    def band_db(x: np.ndarray, hz: int) -> float:
+        spec = np.abs(np.fft.rfft(x[1000:-1000])) ** 2
+        freqs = np.fft.rfftfreq(x.size - 2000, 1 / 16000)
+        return 10 * np.log10(spec[np.abs(freqs - hz) < 50].sum() + 1e-12)
+
+    narrow, wide = arrays["audio"]
+    assert band_db(narrow, 6000) < band_db(clip, 6000) - 60
+    assert abs(band_db(narrow, 1000) - band_db(clip, 1000)) < 0.5
+    assert np.array_equal(wide, clip) and narrow.dtype == np.float32 and narrow.shape == clip.shape
 
 
 def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():

@@ -27,7 +27,7 @@ from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer, model_embedder
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
 from indexer.training.losses import total_loss
-from indexer.training.shards import load_shards
+from indexer.training.shards import band_limit_narrowband, load_shards
 from retrieval.evaluation import class_prototypes, prototype_accuracy
 
 
@@ -55,6 +55,9 @@ class TrainConfig:
     # 39 classes, a random batch of 24 rarely holds two clips of a class, so SupCon's positives for
     # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
     classes_per_batch: int = 0
+    # Narrowband training and validation clips as an 8 kHz file reaches the model (nothing above
+    # 4 kHz, shards.band_limit_narrowband); False trains on them as stored (the model before 2026-12-01).
+    narrowband_8khz: bool = True
     # Weight of the cosine-classifier term on the indexed embedding (losses.cosine_class_loss); 0: off.
     # From step 0 (at 1.0 or 0.3) it raised prototype accuracy but widened the clean-speech tail and
     # lost the demo's detections (MODEL_CARD recipe table); the presets start it half-way.
@@ -86,11 +89,13 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def _val_sets(data: Path) -> dict[str, dict[str, np.ndarray]]:
+def _val_sets(data: Path, narrowband_8khz: bool) -> dict[str, dict[str, np.ndarray]]:
     sets = {}
     for name in ("val_real", "val_heldout_catalog"):
         if (data / name).is_dir():
             arrays, _ = load_shards(data / name)
+            if narrowband_8khz:
+                band_limit_narrowband(arrays)
             sets[name] = arrays
     if not sets:
         raise ConfigError(f"no validation shards (val_real, val_heldout_catalog) under {data}",
@@ -184,7 +189,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_arrays, classes = load_shards(data / "train")
-    val = _val_sets(data)
+    if cfg.narrowband_8khz:
+        band_limit_narrowband(train_arrays)
+    val = _val_sets(data, cfg.narrowband_8khz)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
     # Training-only, like the projection head: one vector per class for the cosine-classifier term.
