@@ -158,6 +158,14 @@ def test_checkpoint_and_distillmos_front_end_load_with_network_off(network_off, 
     assert out.embeddings.shape == (35, 64) and np.isfinite(out.mos).all()
 
 
+@pytest.mark.parametrize("name, narrowband_8khz", [("fast", False), ("telephone", True)])
+def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off, name, narrowband_8khz):
+    model = load_model(name)
+    assert model.embed(voice(0.5)).embeddings.shape == (25, 64)
+    assert set(model.enrollments) == {"wideband", "narrowband"} and 0 < model.threshold < 2
+    assert model.meta["recipe"]["train_config"].get("narrowband_8khz", False) is narrowband_8khz
+
+
 def test_hf_encoder_from_a_saved_tiny_random_wav2vec2(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 

@@ -114,7 +114,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= fast log-mel CNN), fast, accurate (frozen distillmos front end + the same head), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= fast log-mel CNN), fast, telephone (fast, narrowband clips band-limited to 4 kHz as 8 kHz files are), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,
@@ -125,7 +125,7 @@ def _register_train(app: typer.Typer) -> None:
         max_steps: Annotated[Optional[int], typer.Option(help="Step budget, which also sets the LR schedule (default: the preset's).")] = None,
         noise_floor: Annotated[Optional[float], typer.Option(help="Share of training clips given a faint noise floor (default: the preset's).")] = None,
         classes_per_batch: Annotated[Optional[int], typer.Option(help="Degradation classes per batch, clips split evenly among them; 0 draws clips at random (default: the preset's).")] = None,
-        narrowband_8khz: Annotated[Optional[bool], typer.Option("--narrowband-8khz/--narrowband-as-stored", help="Band-limit narrowband clips to 4 kHz as an 8 kHz file would be, or train on them as the shards store them (default: the preset's, 8 kHz).")] = None,
+        narrowband_8khz: Annotated[Optional[bool], typer.Option("--narrowband-8khz/--narrowband-as-stored", help="Band-limit narrowband clips to 4 kHz as an 8 kHz file would be, or train on them as the shards store them (default: the preset's, as stored).")] = None,
         class_weight: Annotated[Optional[float], typer.Option(help="Weight of the cosine degradation-classifier term on the embedding; 0 turns it off (default: the preset's).")] = None,
         class_on_clean: Annotated[Optional[bool], typer.Option("--class-on-clean/--class-degraded-only", help="Whether the classifier term also sees clean frames (default: the preset's).")] = None,
         class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier term (default: the preset's, 0).")] = None,

@@ -1,7 +1,8 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('fast')`` loads the shipped log-mel CNN, ``'accurate'`` the distillmos-front-end
-model when it is shipped, and any other value is a checkpoint path. Nothing is downloaded.
+``load_model('fast')`` loads the shipped log-mel CNN, ``'telephone'`` the same network trained for
+archives of 8 kHz calls, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
+other value is a checkpoint path. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batc
 from indexer.records import FrameOutput
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"fast": WEIGHTS_DIR / "fast.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
+SHIPPED = {"fast": WEIGHTS_DIR / "fast.pt", "telephone": WEIGHTS_DIR / "telephone.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
 MIN_SECONDS = 0.1
 # Long signals are cut into windows with context margins so memory stays bounded whatever the length.
 WINDOW_FRAMES = 1000  # 20 s
@@ -84,7 +85,7 @@ class FrameModel:
 
 
 def load_model(name_or_path: str = "fast") -> FrameModel:
-    """Load a shipped model by name ('fast', 'accurate') or a checkpoint file; never downloads."""
+    """Load a shipped model by name ('fast', 'telephone', 'accurate') or a checkpoint file; never downloads."""
     from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
 
     path = SHIPPED.get(name_or_path, Path(name_or_path))
