@@ -43,12 +43,13 @@ class CodecUnavailable(DegsearchError):
 
 
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (one signal or a batch of rows)."""
     from scipy.signal import resample_poly
 
     if sr_in == sr_out:
         return x.astype(np.float32, copy=False)
     g = gcd(sr_in, sr_out)
-    return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
+    return resample_poly(x, sr_out // g, sr_in // g, axis=-1).astype(np.float32)
 
 
 def _envelope(x: np.ndarray, hop: int = 80) -> np.ndarray:

@@ -268,23 +268,22 @@ def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256) -> No
     as stored took the empty band for a degradation: on the narrowband validation clips its frame
     EER went 4.8 -> 16.7 % after the round trip (MODEL_CARD).
     """
-    from scipy.signal import resample_poly
-
     rows = np.flatnonzero(arrays["narrowband"])
     audio = arrays["audio"]
     for i in range(0, rows.size, chunk):
         sel = rows[i: i + chunk]
-        x = audio[sel]
-        y = resample_poly(resample_poly(x, 1, 2, axis=1), 2, 1, axis=1)
-        audio[sel] = y[:, : x.shape[1]].astype(np.float32)
+        audio[sel] = _resample(_resample(audio[sel], SR, 8000), 8000, SR)[:, : audio.shape[1]]
 
 
-def load_shards(out_dir: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Concatenate every shard of ``out_dir`` (for small validation sets) and return (arrays, classes)."""
+def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Concatenate every shard of ``out_dir`` (for small validation sets) and return (arrays, classes);
+    with ``narrowband_8khz`` the narrowband clips are band-limited (:func:`band_limit_narrowband`)."""
     out = Path(out_dir)
     files = sorted(out.glob("shard_*[0-9].npz"))
     if not files:
         raise ConfigError(f"no shards in {out}", "run `degsearch build-shards` first")
     parts = [dict(np.load(f)) for f in files]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if narrowband_8khz:
+        band_limit_narrowband(arrays)
     return arrays, json.loads((out / "classes.json").read_text())

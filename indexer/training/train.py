@@ -27,7 +27,7 @@ from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer, model_embedder
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
 from indexer.training.losses import total_loss
-from indexer.training.shards import band_limit_narrowband, load_shards
+from indexer.training.shards import load_shards
 from retrieval.evaluation import class_prototypes, prototype_accuracy
 
 
@@ -98,10 +98,7 @@ def _val_sets(data: Path, narrowband_8khz: bool) -> dict[str, dict[str, np.ndarr
     sets = {}
     for name in ("val_real", "val_heldout_catalog"):
         if (data / name).is_dir():
-            arrays, _ = load_shards(data / name)
-            if narrowband_8khz:
-                band_limit_narrowband(arrays)
-            sets[name] = arrays
+            sets[name], _ = load_shards(data / name, narrowband_8khz=narrowband_8khz)
     if not sets:
         raise ConfigError(f"no validation shards (val_real, val_heldout_catalog) under {data}",
                           "build them with `degsearch build-shards ... --split heldout`")
@@ -193,9 +190,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    train_arrays, classes = load_shards(data / "train")
-    if cfg.narrowband_8khz:
-        band_limit_narrowband(train_arrays)
+    train_arrays, classes = load_shards(data / "train", narrowband_8khz=cfg.narrowband_8khz)
     val = _val_sets(data, cfg.narrowband_8khz)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
