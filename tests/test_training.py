@@ -88,6 +88,23 @@ def test_narrowband_clips_lose_everything_above_4khz_and_wideband_clips_stay():
     assert np.array_equal(wide, clip) and narrow.dtype == np.float32 and narrow.shape == clip.shape
 
 
+def test_a_share_of_wideband_clips_is_band_limited_too_and_the_draw_follows_the_seed():
+    t = np.arange(16000) / 16000
+    clip = np.sin(2 * np.pi * 6000 * t).astype(np.float32)
+    narrow = np.zeros(400, bool)
+    narrow[:100] = True
+
+    def limited(seed: int) -> np.ndarray:
+        arrays = {"audio": np.tile(clip, (400, 1)), "narrowband": narrow.copy()}
+        band_limit_narrowband(arrays, wideband_share=0.3, seed=seed)
+        return np.abs(arrays["audio"][:, 4000:-4000]).max(axis=1) < 0.01
+
+    picked = limited(0)
+    assert picked[:100].all()
+    assert 60 <= picked[100:].sum() <= 120  # about 30 % of the 300 wideband clips
+    assert np.array_equal(picked, limited(0)) and not np.array_equal(picked, limited(1))
+
+
 def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():
     labels = np.zeros((40, 10), np.int16)
     for i in range(40):

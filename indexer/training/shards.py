@@ -259,7 +259,8 @@ def build_shards(data_dir: str | Path, out_dir: str | Path, n_examples: int, see
     return info
 
 
-def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256) -> None:
+def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256, *, wideband_share: float = 0.0,
+                          seed: int = 0) -> None:
     """In place: the narrowband clips of loaded shards as the indexer reads an 8 kHz file, with
     nothing above 4 kHz (a 16 -> 8 -> 16 kHz round trip).
 
@@ -267,17 +268,26 @@ def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256) -> No
     regions' energy, above 4 kHz. A real 8 kHz call has none there, and a model trained on the clips
     as stored took the empty band for a degradation: on the narrowband validation clips its frame
     EER went 4.8 -> 16.7 % after the round trip (MODEL_CARD).
+
+    ``wideband_share`` of the wideband clips (drawn with ``seed``) get the same round trip, without
+    the telephone band-pass: speech recorded band-limited at the source (an 8 kHz prompt, an old
+    voice pack) whose clean frames are still clean. The catalog's band-limiting entries cut far
+    below 4 kHz (module :mod:`indexer.training.catalog`), so their regions stay visible.
     """
-    rows = np.flatnonzero(arrays["narrowband"])
+    narrow = arrays["narrowband"]
+    picked = ~narrow & (np.random.default_rng(seed).random(narrow.size) < wideband_share)
+    rows = np.flatnonzero(narrow | picked)
     audio = arrays["audio"]
     for i in range(0, rows.size, chunk):
         sel = rows[i: i + chunk]
         audio[sel] = _resample(_resample(audio[sel], SR, 8000), 8000, SR)[:, : audio.shape[1]]
 
 
-def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_8khz_share: float = 0.0,
+                seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
     """Concatenate every shard of ``out_dir`` (for small validation sets) and return (arrays, classes);
-    with ``narrowband_8khz`` the narrowband clips are band-limited (:func:`band_limit_narrowband`)."""
+    with ``narrowband_8khz`` the narrowband clips, and ``wideband_8khz_share`` of the wideband ones,
+    are band-limited (:func:`band_limit_narrowband`)."""
     out = Path(out_dir)
     files = sorted(out.glob("shard_*[0-9].npz"))
     if not files:
@@ -285,5 +295,5 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False) -> tuple[
     parts = [dict(np.load(f)) for f in files]
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if narrowband_8khz:
-        band_limit_narrowband(arrays)
+        band_limit_narrowband(arrays, wideband_share=wideband_8khz_share, seed=seed)
     return arrays, json.loads((out / "classes.json").read_text())
