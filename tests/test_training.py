@@ -16,7 +16,8 @@ from indexer.model.checkpoint import read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
-from indexer.training.shards import band_limit_narrowband
+from indexer.errors import ConfigError
+from indexer.training.shards import band_limit_narrowband, load_shards
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
                                     train)
 
@@ -103,6 +104,15 @@ def test_a_share_of_wideband_clips_is_band_limited_too_and_the_draw_follows_the_
     assert picked[:100].all()
     assert 60 <= picked[100:].sum() <= 120  # about 30 % of the 300 wideband clips
     assert np.array_equal(picked, limited(0)) and not np.array_equal(picked, limited(1))
+
+
+def test_a_recipe_reads_the_first_examples_of_the_shards_and_asks_for_more_when_short(shard_root):
+    everything, classes = load_shards(shard_root / "train")
+    first, _ = load_shards(shard_root / "train", max_examples=10)
+    assert classes[0] == "clean" and len(everything["audio"]) == 24
+    assert all(np.array_equal(first[k], everything[k][:10]) for k in everything)
+    with pytest.raises(ConfigError, match="--shards 30"):
+        load_shards(shard_root / "train", max_examples=30)
 
 
 def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():

@@ -126,6 +126,7 @@ def _register_train(app: typer.Typer) -> None:
         noise_floor: Annotated[Optional[float], typer.Option(help="Share of training clips given a faint noise floor (default: the preset's).")] = None,
         classes_per_batch: Annotated[Optional[int], typer.Option(help="Degradation classes per batch, clips split evenly among them; 0 draws clips at random (default: the preset's).")] = None,
         narrowband_8khz: Annotated[Optional[bool], typer.Option("--narrowband-8khz/--narrowband-as-stored", help="Band-limit narrowband clips to 4 kHz as an 8 kHz file would be, or train on them as the shards store them (default: the preset's, as stored).")] = None,
+        train_examples: Annotated[Optional[int], typer.Option(help="Train on the first N examples of the shards directory; 0 reads them all (default: the preset's).")] = None,
         wideband_8khz_share: Annotated[Optional[float], typer.Option(help="With --narrowband-8khz: share of the wideband training clips band-limited to 4 kHz too, as speech recorded band-limited at the source (default: the preset's, 0).")] = None,
         class_weight: Annotated[Optional[float], typer.Option(help="Weight of the cosine degradation-classifier term on the embedding; 0 turns it off (default: the preset's).")] = None,
         class_on_clean: Annotated[Optional[bool], typer.Option("--class-on-clean/--class-degraded-only", help="Whether the classifier term also sees clean frames (default: the preset's).")] = None,
@@ -148,7 +149,7 @@ def _register_train(app: typer.Typer) -> None:
         overrides = {k: v for k, v in (("seed", seed), ("minutes", minutes), ("threads", threads), ("encoder", encoder),
                                        ("max_steps", max_steps), ("noise_floor_p", noise_floor),
                                        ("classes_per_batch", classes_per_batch), ("narrowband_8khz", narrowband_8khz),
-                                       ("wideband_8khz_share", wideband_8khz_share), ("class_weight", class_weight),
+                                       ("wideband_8khz_share", wideband_8khz_share), ("train_examples", train_examples), ("class_weight", class_weight),
                                        ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
                                        ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
                                        ("frozen_feature_dropout", frozen_feature_dropout)) if v is not None}

@@ -284,16 +284,26 @@ def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256, *, wi
 
 
 def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_8khz_share: float = 0.0,
-                seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Concatenate every shard of ``out_dir`` (for small validation sets) and return (arrays, classes);
-    with ``narrowband_8khz`` the narrowband clips, and ``wideband_8khz_share`` of the wideband ones,
-    are band-limited (:func:`band_limit_narrowband`)."""
+                seed: int = 0, max_examples: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Concatenate the shards of ``out_dir`` in order and return (arrays, classes): all of them, or
+    the first ``max_examples`` examples (shard i is seeded by (seed, i), so a larger set built with
+    the same seed starts with the smaller one). With ``narrowband_8khz`` the narrowband clips, and
+    ``wideband_8khz_share`` of the wideband ones, are band-limited (:func:`band_limit_narrowband`)."""
     out = Path(out_dir)
     files = sorted(out.glob("shard_*[0-9].npz"))
     if not files:
         raise ConfigError(f"no shards in {out}", "run `degsearch build-shards` first")
-    parts = [dict(np.load(f)) for f in files]
+    parts: list[dict[str, np.ndarray]] = []
+    for f in files:
+        if max_examples and sum(len(p["audio"]) for p in parts) >= max_examples:
+            break
+        parts.append(dict(np.load(f)))
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if max_examples:
+        if len(arrays["audio"]) < max_examples:
+            raise ConfigError(f"{out} holds {len(arrays['audio'])} examples, the recipe trains on {max_examples}",
+                              f"build them: degsearch prepare-data DATA_DIR --shards {max_examples} (existing shards are kept)")
+        arrays = {k: v[:max_examples] for k, v in arrays.items()}
     if narrowband_8khz:
         band_limit_narrowband(arrays, wideband_share=wideband_8khz_share, seed=seed)
     return arrays, json.loads((out / "classes.json").read_text())
