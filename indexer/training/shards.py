@@ -302,7 +302,8 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
     if max_examples:
         if len(arrays["audio"]) < max_examples:
             raise ConfigError(f"{out} holds {len(arrays['audio'])} examples, the recipe trains on {max_examples}",
-                              f"build them: degsearch prepare-data DATA_DIR --shards {max_examples} (existing shards are kept)")
+                              f"build them: degsearch prepare-data {out.parent.parent} --shards {max_examples} "
+                              "(prepare-data writes DATA_DIR/shards/train; existing shards are kept)")
         arrays = {k: v[:max_examples] for k, v in arrays.items()}
     if narrowband_8khz:
         band_limit_narrowband(arrays, wideband_share=wideband_8khz_share, seed=seed)
