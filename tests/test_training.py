@@ -11,12 +11,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from indexer.errors import ConfigError
 from indexer.model import MARGIN_FRAMES, FrameModel, load_model
 from indexer.model.checkpoint import read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
-from indexer.errors import ConfigError
 from indexer.training.shards import band_limit_narrowband, load_shards
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
                                     train)
@@ -113,6 +113,8 @@ def test_a_recipe_reads_the_first_examples_of_the_shards_and_asks_for_more_when_
     assert all(np.array_equal(first[k], everything[k][:10]) for k in everything)
     with pytest.raises(ConfigError, match="--shards 30"):
         load_shards(shard_root / "train", max_examples=30)
+    with pytest.raises(ConfigError, match="narrowband"):
+        load_shards(shard_root / "train", wideband_8khz_share=0.3)
 
 
 def test_balanced_batch_gives_each_chosen_class_the_same_number_of_clips():

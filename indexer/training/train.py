@@ -55,12 +55,12 @@ class TrainConfig:
     # 39 classes, a random batch of 24 rarely holds two clips of a class, so SupCon's positives for
     # a degraded frame came from its own clip and taught "same utterance" more than "same degradation".
     classes_per_batch: int = 0
+    # Training examples read from the shards directory, its first shards in order; 0: all of them.
+    train_examples: int = 0
     # Narrowband training and validation clips as an 8 kHz file reaches the model (nothing above
     # 4 kHz, shards.band_limit_narrowband) instead of as the shards store them. On the fast model it
     # helped the telephone benchmarks and hurt the wideband ones (MODEL_CARD), so only the telephone
     # preset has it.
-    # Training examples read from the shards directory, its first shards in order; 0: all of them.
-    train_examples: int = 0
     narrowband_8khz: bool = False
     # With narrowband_8khz: this share of the wideband training clips band-limited the same way and
     # still labelled by their regions, so speech band-limited at the source reads as clean (the
