@@ -297,10 +297,12 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
     if not files:
         raise ConfigError(f"no shards in {out}", "run `degsearch build-shards` first")
     parts: list[dict[str, np.ndarray]] = []
+    loaded = 0
     for f in files:
-        if max_examples and sum(len(p["audio"]) for p in parts) >= max_examples:
+        if max_examples and loaded >= max_examples:
             break
         parts.append(dict(np.load(f)))
+        loaded += len(parts[-1]["audio"])
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if max_examples:
         if len(arrays["audio"]) < max_examples:
