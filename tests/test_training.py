@@ -19,7 +19,7 @@ from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
-                                    train)
+                                    parse_dilations, train)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -140,6 +140,16 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
     default = PRESETS["default"]  # the shipped recipe: contrastive term alone for the first half
     assert class_weight_at(default, 0) == 0.0 and class_weight_at(default, default.max_steps // 2) == 0.3
+
+
+def test_dilations_parse_into_one_temporal_block_each_and_bad_ones_are_refused():
+    dilations = parse_dilations("1, 2,4,8,16")
+    assert dilations == [1, 2, 4, 8, 16]
+    net = FrameNetwork(NetworkConfig(dilations=dilations))
+    assert [block.conv.dilation[0] for block in net.temporal] == dilations
+    for bad in ("", "1,two", "1,0", "-2"):
+        with pytest.raises(ConfigError, match="comma-separated"):
+            parse_dilations(bad)
 
 
 def test_validation_prototype_accuracy_separates_and_confuses_classes():

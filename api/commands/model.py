@@ -134,6 +134,7 @@ def _register_train(app: typer.Typer) -> None:
         freeze_encoder_steps: Annotated[Optional[int], typer.Option(help="Pretrained encoders: steps trained with the encoder frozen before fine-tuning it (default: the preset's).")] = None,
         cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
         frozen_feature_dropout: Annotated[Optional[float], typer.Option(help="Dropout on cached frozen-encoder features (default: the preset's, 0).")] = None,
+        dilations: Annotated[Optional[str], typer.Option(help="Dilations of the temporal blocks, comma-separated: one block each, so they set the context (default: the preset's, 1,2,4,8: ~0.7 s).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -141,7 +142,7 @@ def _register_train(app: typer.Typer) -> None:
         from rich.console import Console
 
         from indexer.errors import ConfigError
-        from indexer.training.train import PRESETS, train
+        from indexer.training.train import PRESETS, parse_dilations, train
 
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
@@ -153,6 +154,8 @@ def _register_train(app: typer.Typer) -> None:
                                        ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
                                        ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
                                        ("frozen_feature_dropout", frozen_feature_dropout)) if v is not None}
+        if dilations is not None:
+            overrides["network"] = {**cfg.network, "dilations": parse_dilations(dilations)}
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)

@@ -103,6 +103,21 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def parse_dilations(text: str) -> list[int]:
+    """Temporal-block dilations from ``"1,2,4,8,16"``: positive integers, one block each.
+
+    >>> parse_dilations("1, 2,4")
+    [1, 2, 4]
+    """
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ConfigError(f"dilations {text!r} are not positive integers", "give them comma-separated, e.g. 1,2,4,8,16")
+    return values
+
+
 def _val_sets(data: Path, narrowband_8khz: bool) -> dict[str, dict[str, np.ndarray]]:
     sets = {}
     for name in ("val_real", "val_heldout_catalog"):
