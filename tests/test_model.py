@@ -168,6 +168,8 @@ def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off
     assert recipe.get("narrowband_8khz", False) is preset.narrowband_8khz
     assert recipe.get("wideband_8khz_share", 0.0) == preset.wideband_8khz_share
     assert (recipe["max_steps"], recipe["class_weight"]) == (preset.max_steps, preset.class_weight)
+    assert recipe.get("network", {}) == preset.network  # the telephone model's fifth temporal block
+    assert model.meta["recipe"]["train_examples"] == preset.train_examples
 
 
 def test_hf_encoder_from_a_saved_tiny_random_wav2vec2(tmp_path):
