@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.losses import cosine_class_loss, sample_frames, supcon_frames, total_loss
+from indexer.training.losses import cosine_class_loss, region_class_loss, sample_frames, supcon_frames, total_loss
 
 torch.set_num_threads(1)
 
@@ -104,3 +104,35 @@ def test_class_term_can_leave_clean_frames_to_the_contrastive_term():
     degraded = torch.tensor([3, 4, 5])
     expected = cosine_class_loss(out["emb"], labels, degraded, vectors)
     assert parts["class_ce"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_region_class_loss_scores_each_clips_pooled_degraded_frames_and_skips_clean_clips():
+    vectors = torch.eye(3, 4)
+    labels = torch.tensor([[0, 2, 2, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
+    # Clip 0's degraded frames each lean off class 2 but their mean sits on it; clip 1 is clean.
+    emb = torch.zeros(3, 4, 4)
+    emb[0, 1] = F.normalize(torch.tensor([0.0, 0.6, 1.0, 0.0]), dim=0)
+    emb[0, 2] = F.normalize(torch.tensor([0.0, -0.6, 1.0, 0.0]), dim=0)
+    emb[1, :, 0] = 1.0
+    emb[2, :2] = vectors[1]
+    on_class = region_class_loss(emb, labels, vectors)
+    wrong = region_class_loss(emb, torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [2, 2, 0, 0]]), vectors)
+    assert float(on_class) < 0.01 < 10.0 < float(wrong)
+    assert float(region_class_loss(emb, torch.zeros_like(labels), vectors)) == 0.0
+
+
+def test_total_loss_adds_the_region_term_only_when_weighted():
+    out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
+           "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
+           "mos": torch.full((2, 10), 3.0)}
+    labels = torch.zeros(2, 10, dtype=torch.long)
+    labels[0, 5:] = 1
+    mos = torch.full((2, 10), 3.0)
+    vectors = torch.randn(2, 4)
+    plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors,
+                              generator=torch.Generator().manual_seed(0))
+    weighted, wparts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors,
+                                  region_class_weight=0.5, generator=torch.Generator().manual_seed(0))
+    assert "region_ce" not in parts
+    assert wparts["region_ce"] == pytest.approx(float(region_class_loss(out["emb"], labels, vectors)), rel=1e-5)
+    assert float(weighted) == pytest.approx(float(plain) + 0.5 * wparts["region_ce"], rel=1e-5)

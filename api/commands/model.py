@@ -130,7 +130,8 @@ def _register_train(app: typer.Typer) -> None:
         wideband_8khz_share: Annotated[Optional[float], typer.Option(help="With --narrowband-8khz: share of the wideband training clips band-limited to 4 kHz too, as speech recorded band-limited at the source (default: the preset's, 0).")] = None,
         class_weight: Annotated[Optional[float], typer.Option(help="Weight of the cosine degradation-classifier term on the embedding; 0 turns it off (default: the preset's).")] = None,
         class_on_clean: Annotated[Optional[bool], typer.Option("--class-on-clean/--class-degraded-only", help="Whether the classifier term also sees clean frames (default: the preset's).")] = None,
-        class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier term (default: the preset's, 0).")] = None,
+        class_from_step: Annotated[Optional[int], typer.Option(help="First training step of the classifier terms (default: the preset's, 0).")] = None,
+        region_class_weight: Annotated[Optional[float], typer.Option(help="Weight of the same classifier on each clip's pooled degraded frames (the segment embedding); 0 turns it off (default: the preset's, 0).")] = None,
         freeze_encoder_steps: Annotated[Optional[int], typer.Option(help="Pretrained encoders: steps trained with the encoder frozen before fine-tuning it (default: the preset's).")] = None,
         cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
         frozen_feature_dropout: Annotated[Optional[float], typer.Option(help="Dropout on cached frozen-encoder features (default: the preset's, 0).")] = None,
@@ -152,6 +153,7 @@ def _register_train(app: typer.Typer) -> None:
                                        ("classes_per_batch", classes_per_batch), ("narrowband_8khz", narrowband_8khz),
                                        ("wideband_8khz_share", wideband_8khz_share), ("train_examples", train_examples), ("class_weight", class_weight),
                                        ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
+                                       ("region_class_weight", region_class_weight),
                                        ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
                                        ("frozen_feature_dropout", frozen_feature_dropout)) if v is not None}
         if dilations is not None:

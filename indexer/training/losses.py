@@ -65,11 +65,32 @@ def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
     return F.cross_entropy(logits, labels.reshape(-1)[idx])
 
 
+def region_class_loss(emb: torch.Tensor, labels: torch.Tensor, class_vectors: torch.Tensor, *,
+                      scale: float = 16.0) -> torch.Tensor:
+    """Cross-entropy of each clip's degraded class from the cosine of its pooled degraded frames.
+
+    ``emb`` (B, T, D) L2-normalised, ``labels`` (B, T) (a mix-up clip's regions share one class),
+    ``class_vectors`` (C, D). The normalised mean of a region's frames is what the store indexes and
+    what prototypes are built from, so this scores the segment embedding itself rather than each
+    frame. Clean clips are left out.
+    """
+    degraded = (labels != 0).to(emb.dtype)
+    counts = degraded.sum(1)
+    keep = counts > 0
+    if not keep.any():
+        return emb.sum() * 0.0
+    pooled = F.normalize((emb * degraded[..., None]).sum(1)[keep], dim=1)
+    logits = scale * pooled @ F.normalize(class_vectors, dim=1).T
+    return F.cross_entropy(logits, labels.max(1).values[keep])
+
+
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
+               region_class_weight: float = 0.0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """003's total loss (plus ``class_weight`` x the cosine-classifier term); returns the loss and its parts.
+    """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames and
+    ``region_class_weight`` x the same on pooled regions); returns the loss and its parts.
 
     Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
     leaving clean-versus-degraded to the contrastive term.
@@ -86,4 +107,8 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
             ce = cosine_class_loss(out["emb"], frame_labels, class_idx, class_vectors)
             loss = loss + class_weight * ce
             parts["class_ce"] = float(ce.detach())
+    if region_class_weight > 0 and class_vectors is not None:
+        region_ce = region_class_loss(out["emb"], frame_labels, class_vectors)
+        loss = loss + region_class_weight * region_ce
+        parts["region_ce"] = float(region_ce.detach())
     return loss, parts

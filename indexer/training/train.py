@@ -71,6 +71,9 @@ class TrainConfig:
     # lost the demo's detections (MODEL_CARD recipe table); the presets start it half-way.
     class_weight: float = 0.0
     class_on_clean: bool = True  # False: the classifier term sees degraded frames only
+    # Weight of the same classifier on each clip's pooled degraded frames (losses.region_class_loss),
+    # the segment embedding that prototypes and search use; starts with the frame term. 0: off.
+    region_class_weight: float = 0.0
     # First step of the classifier term: later, the contrastive term has shaped the clean cluster first.
     class_from_step: int = 0
     # Pretrained encoders: compute each clip's encoder features once and train the head on them
@@ -223,7 +226,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     net = FrameNetwork(net_cfg)
     # Training-only, like the projection head: one vector per class for the cosine-classifier term.
     class_vectors = torch.nn.Parameter(torch.randn(len(classes), net_cfg.emb_dim, generator=torch.Generator().manual_seed(cfg.seed)))
-    params = list(net.parameters()) + ([class_vectors] if cfg.class_weight > 0 else [])
+    params = list(net.parameters()) + ([class_vectors] if cfg.class_weight > 0 or cfg.region_class_weight > 0 else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = out.with_suffix(".state.pt")
     step, best, history, elapsed0 = 0, math.inf, [], 0.0
@@ -272,7 +275,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 out_ = net(audio, feats=feats)
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
-                                     class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean)
+                                     class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
+                                     region_class_weight=cfg.region_class_weight if step >= cfg.class_from_step else 0.0)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
