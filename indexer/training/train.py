@@ -74,7 +74,7 @@ class TrainConfig:
     # Weight of the same classifier on each clip's pooled degraded frames (losses.region_class_loss),
     # the segment embedding that prototypes and search use; starts with the frame term. 0: off.
     region_class_weight: float = 0.0
-    # First step of the classifier term: later, the contrastive term has shaped the clean cluster first.
+    # First step of the classifier terms: later, the contrastive term has shaped the clean cluster first.
     class_from_step: int = 0
     # Pretrained encoders: compute each clip's encoder features once and train the head on them
     # while the encoder is frozen (indexer.training.frozen); without it every step runs the encoder.
