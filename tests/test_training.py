@@ -140,6 +140,9 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
     default = PRESETS["default"]  # the shipped recipe: contrastive term alone for the first half
     assert class_weight_at(default, 0) == 0.0 and class_weight_at(default, default.max_steps // 2) == 0.3
+    region = replace(cfg, region_class_weight=0.2)  # the region term starts with the frame term
+    assert class_weight_at(region, 99, region.region_class_weight) == 0.0
+    assert class_weight_at(region, 100, region.region_class_weight) == 0.2
 
 
 def test_dilations_parse_into_one_temporal_block_each_and_bad_ones_are_refused():

@@ -154,9 +154,10 @@ def balanced_batch(classes: np.ndarray, batch_size: int, classes_per_batch: int,
     return np.concatenate(picks)
 
 
-def class_weight_at(cfg: TrainConfig, step: int) -> float:
-    """The classifier term's weight at ``step``: ``cfg.class_weight`` from ``cfg.class_from_step`` on, else 0."""
-    return cfg.class_weight if step >= cfg.class_from_step else 0.0
+def class_weight_at(cfg: TrainConfig, step: int, weight: float | None = None) -> float:
+    """A classifier term's weight at ``step``: ``weight`` (default ``cfg.class_weight``, the frame
+    term's) from ``cfg.class_from_step`` on, else 0. Both classifier terms start there."""
+    return (cfg.class_weight if weight is None else weight) if step >= cfg.class_from_step else 0.0
 
 
 def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> float:
@@ -276,7 +277,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
                                      class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
-                                     region_class_weight=cfg.region_class_weight if step >= cfg.class_from_step else 0.0)
+                                     region_class_weight=class_weight_at(cfg, step, cfg.region_class_weight))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
