@@ -5,8 +5,7 @@
 - ``raw/``          Debian packages fetched with ``apt-get download`` and unpacked with ``dpkg -x``
 - ``speech/tts/``   16 kHz TTS utterances (espeak-ng voices/rates/pitches, flite voices, festival)
 - ``speech/real/``  16 kHz utterances of 3-8 s, concatenated per speaker/folder from the packages'
-                    recordings (Asterisk prompts 8 kHz in five voices, klettres, ktuberling,
-                    hedgewars voices, gcin's Mandarin syllables)
+                    recordings (Asterisk prompts 8 kHz, klettres, ktuberling, hedgewars voices)
 - ``noise/``        16 kHz ambience chunks (megaglest / lincity-ng) and hold music (asterisk-moh)
 - ``rirs.npz``      simulated room impulse responses (pyroomacoustics; train and held-out rooms)
 - ``manifest.jsonl`` one line per utterance: ``path`` (relative to data_dir), ``group`` (speaker or
@@ -42,10 +41,6 @@ SPEECH_PACKAGES = (
     "asterisk-core-sounds-en-wav",
     "asterisk-core-sounds-es-wav",
     "asterisk-core-sounds-fr-wav",
-    "asterisk-core-sounds-it-wav",
-    "asterisk-core-sounds-ru-wav",
-    "asterisk-prompt-it-menardi-wav",
-    "gcin-voice",
     "klettres-data",
     "ktuberling-data",
     "hedgewars-data",
@@ -317,13 +312,6 @@ def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]
             files = sorted((root / "usr/share/asterisk/sounds").rglob("*.wav"))
             # Prompts are words, digits and sentences; concatenation turns the short ones into phrases.
             groups[f"asterisk:{lang}"] = (8000, files)
-        elif pkg == "asterisk-prompt-it-menardi-wav":  # a second Italian voice, same prompt set
-            groups["asterisk-menardi:it"] = (8000, sorted((root / "usr/share/asterisk/sounds").rglob("*.wav")))
-        elif pkg == "gcin-voice":  # every Mandarin syllable, read by two speakers (3.ogg, 5.ogg)
-            for speaker in ("3", "5"):
-                files = sorted((root / "usr/share/gcin-voice/ogg").glob(f"*/{speaker}.ogg"))
-                if files:
-                    groups[f"gcin-{speaker}:zh"] = (44100, files)
         elif pkg in _LANGUAGE_FOLDERS:  # one folder per language: each is its own speaker group
             prefix, sub = _LANGUAGE_FOLDERS[pkg]
             for d in sorted(p for p in (root / sub).iterdir() if p.is_dir()):
@@ -345,12 +333,11 @@ def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]
 def build_real_utterances(data_dir: Path, unpacked: dict[str, Path], seed: int = 0,
                           min_s: float = 3.0, max_s: float = 8.0) -> list[Utterance]:
     """Concatenate each group's trimmed recordings into 3-8 s utterances (16 kHz), with short pauses."""
+    rng = random.Random(seed)
     out_dir = data_dir / "speech" / "real"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Utterance] = []
     for group, (nominal_rate, files) in sorted(_real_groups(unpacked).items()):
-        # One stream per group: adding a package leaves every other group's utterances as they were.
-        rng = random.Random(f"{seed}:{group}")
         files = list(files)
         rng.shuffle(files)
         safe = group.replace(":", "_").replace("/", "_")
