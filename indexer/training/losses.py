@@ -52,6 +52,11 @@ def supcon_frames(proj: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, *
     return -(pos_log_prob[keep] / n_pos[keep]).mean()
 
 
+def _cosine_cross_entropy(z: torch.Tensor, y: torch.Tensor, class_vectors: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-entropy of classes ``y`` from ``scale`` x the cosine of rows ``z`` (L2-normalised) to each class vector."""
+    return F.cross_entropy(scale * z @ F.normalize(class_vectors, dim=1).T, y)
+
+
 def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, class_vectors: torch.Tensor,
                       *, scale: float = 16.0) -> torch.Tensor:
     """Cross-entropy of the sampled frames' classes from cosine similarity to one vector per class.
@@ -60,9 +65,7 @@ def cosine_class_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
     ``class_vectors`` (C, D) learned (normalised here). Cosine logits score exactly what the
     prototype search ranks by; ``scale`` (a NormFace-style temperature) lets the softmax saturate.
     """
-    z = emb.reshape(-1, emb.shape[-1])[idx]
-    logits = scale * z @ F.normalize(class_vectors, dim=1).T
-    return F.cross_entropy(logits, labels.reshape(-1)[idx])
+    return _cosine_cross_entropy(emb.reshape(-1, emb.shape[-1])[idx], labels.reshape(-1)[idx], class_vectors, scale)
 
 
 def region_class_loss(emb: torch.Tensor, labels: torch.Tensor, class_vectors: torch.Tensor, *,
@@ -75,13 +78,11 @@ def region_class_loss(emb: torch.Tensor, labels: torch.Tensor, class_vectors: to
     frame. Clean clips are left out.
     """
     degraded = (labels != 0).to(emb.dtype)
-    counts = degraded.sum(1)
-    keep = counts > 0
+    keep = degraded.sum(1) > 0
     if not keep.any():
         return emb.sum() * 0.0
     pooled = F.normalize((emb * degraded[..., None]).sum(1)[keep], dim=1)
-    logits = scale * pooled @ F.normalize(class_vectors, dim=1).T
-    return F.cross_entropy(logits, labels.max(1).values[keep])
+    return _cosine_cross_entropy(pooled, labels.max(1).values[keep], class_vectors, scale)
 
 
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
