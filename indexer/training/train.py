@@ -157,7 +157,9 @@ def balanced_batch(classes: np.ndarray, batch_size: int, classes_per_batch: int,
 def class_weight_at(cfg: TrainConfig, step: int, weight: float | None = None) -> float:
     """A classifier term's weight at ``step``: ``weight`` (default ``cfg.class_weight``, the frame
     term's) from ``cfg.class_from_step`` on, else 0. Both classifier terms start there."""
-    return (cfg.class_weight if weight is None else weight) if step >= cfg.class_from_step else 0.0
+    if step < cfg.class_from_step:
+        return 0.0
+    return cfg.class_weight if weight is None else weight
 
 
 def _segment_prototype_accuracy(emb: np.ndarray, labels: np.ndarray, q: int) -> float:
