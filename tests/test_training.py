@@ -19,7 +19,7 @@ from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
-                                    parse_dilations, train)
+                                    parse_dilations, train, validate)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -167,6 +167,24 @@ def test_validation_prototype_accuracy_separates_and_confuses_classes():
     emb[:, 5:15] = directions[3]  # every region looks the same: the first prototype (class 1) wins
     assert _segment_prototype_accuracy(emb, labels, q=2) == 50.0
 
+
+
+def test_validation_reports_each_channel_beside_the_pooled_frame_eer():
+    rng = np.random.default_rng(0)
+    n, frames = 16, 20
+    labels = np.zeros((n, frames), np.int16)
+    labels[:, 10:] = 1
+    narrow = np.arange(n) % 2 == 1
+    clean, degraded = np.eye(4, dtype=np.float32)[:2]
+    emb = np.repeat(clean[None, None], n, 0).repeat(frames, 1) + 0.01 * rng.standard_normal((n, frames, 4)).astype(np.float32)
+    emb[~narrow, 10:] = degraded  # wideband degradations stand out; narrowband ones look clean
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    sets = {"val_real": {"audio": np.zeros((n, 1)), "frame_labels": labels, "narrowband": narrow}}
+    figures = validate(lambda _name, idx: emb[idx], sets)
+    assert figures["eer_val_real_wideband"] == 0.0
+    assert figures["eer_val_real_narrowband"] > 30.0
+    assert figures["eer_val_real_wideband"] < figures["eer_val_real"] < figures["eer_val_real_narrowband"]
+    assert figures["selection"] == np.mean([figures["eer_val_real"], 100.0 - figures["proto_val_real"]])
 
 def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, tmp_path):
     cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
