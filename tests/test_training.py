@@ -168,7 +168,6 @@ def test_validation_prototype_accuracy_separates_and_confuses_classes():
     assert _segment_prototype_accuracy(emb, labels, q=2) == 50.0
 
 
-
 def test_validation_reports_each_channel_beside_the_pooled_frame_eer():
     rng = np.random.default_rng(0)
     n, frames = 16, 20
@@ -185,6 +184,7 @@ def test_validation_reports_each_channel_beside_the_pooled_frame_eer():
     assert figures["eer_val_real_narrowband"] > 30.0
     assert figures["eer_val_real_wideband"] < figures["eer_val_real"] < figures["eer_val_real_narrowband"]
     assert figures["selection"] == np.mean([figures["eer_val_real"], 100.0 - figures["proto_val_real"]])
+
 
 def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, tmp_path):
     cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
