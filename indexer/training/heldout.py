@@ -87,21 +87,38 @@ def _sign(rng: np.random.Generator) -> float:
 
 
 class SoxNoise(Degradation):
+    """White, pink or brown noise from sox's own generator at 3-20 dB SNR.
+
+    sox seeds that generator from the clock unless run with ``-R``, so each instance renders one
+    repeatable 60 s stretch per sample rate and crops it at an offset drawn from ``rng``: a
+    benchmark or validation set rebuilt with the same seed holds the same audio.
+    """
+
     stage = 1
+    stretch_s = 60.0
 
     def __init__(self, name: str, kind: str, resources=None) -> None:
         super().__init__(resources)
         self.name, self.kind = name, kind
         self.available = shutil.which("sox") is not None
+        self._stretch: dict[int, np.ndarray] = {}
+
+    def _noise(self, sr: int) -> np.ndarray:
+        if sr not in self._stretch:
+            proc = subprocess.run(["sox", "-q", "-R", "-n", "-t", "f32", "-r", str(sr), "-c", "1", "-", "synth",
+                                   f"{self.stretch_s:.0f}", self.kind], capture_output=True, check=False)
+            if proc.returncode != 0:
+                raise CodecUnavailable(f"sox synth {self.kind} failed: {proc.stderr.decode(errors='replace')[-200:]}")
+            self._stretch[sr] = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+        return self._stretch[sr]
 
     def apply(self, x, sr, rng):
-        dur = x.size / sr + 0.1
-        proc = subprocess.run(["sox", "-q", "-n", "-t", "f32", "-r", str(sr), "-c", "1", "-", "synth", f"{dur:.3f}",
-                               self.kind], capture_output=True, check=False)
-        noise = np.frombuffer(proc.stdout, dtype=np.float32)
+        stretch = self._noise(sr)
+        start = int(rng.integers(0, max(1, stretch.size - x.size)))
+        noise = np.resize(stretch[start:], x.size)  # tiles the stretch for inputs longer than it
         snr = float(rng.uniform(3, 20))
         self.params = {"snr_db": round(snr, 2), "sox": self.kind}
-        return mix_at_snr(x, _fit(noise, x.size), snr)
+        return mix_at_snr(x, noise, snr)
 
 
 class HeldoutBabble(Degradation):
