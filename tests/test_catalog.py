@@ -42,9 +42,17 @@ TRAIN_NAMES = [d.name for d in training_catalog(Resources(), include_unavailable
 HELDOUT_NAMES = [d.name for d in heldout_catalog(Resources(), include_unavailable=True)]
 
 
-def _check(deg, x: np.ndarray) -> None:
+def _entry(catalog: str, name: str, resources: Resources):
+    """The named entry of the 'train' or 'heldout' catalog; skips the test when its tool is missing."""
+    entries = training_catalog(resources, include_unavailable=True) if catalog == "train" else \
+        heldout_catalog(resources, include_unavailable=True)
+    deg = {d.name: d for d in entries}[name]
     if not deg.available:
         pytest.skip(f"{deg.name}: its encoder/tool is not available on this machine")
+    return deg
+
+
+def _check(deg, x: np.ndarray) -> None:
     y = deg(x, SR, np.random.default_rng(3))
     assert y.dtype == np.float32
     assert y.shape == x.shape
@@ -56,14 +64,12 @@ def _check(deg, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("name", TRAIN_NAMES)
 def test_training_entry_returns_finite_float32_of_same_length_and_changes_signal(name, resources):
-    deg = {d.name: d for d in training_catalog(resources, include_unavailable=True)}[name]
-    _check(deg, speechlike(0.75, 1))
+    _check(_entry("train", name, resources), speechlike(0.75, 1))
 
 
 @pytest.mark.parametrize("name", HELDOUT_NAMES)
 def test_heldout_entry_returns_finite_float32_of_same_length_and_changes_signal(name, resources):
-    deg = {d.name: d for d in heldout_catalog(resources, include_unavailable=True)}[name]
-    _check(deg, speechlike(0.75, 2))
+    _check(_entry("heldout", name, resources), speechlike(0.75, 2))
 
 
 SINGLES = [("train", n) for n in TRAIN_NAMES if "+" not in n] + [("heldout", n) for n in HELDOUT_NAMES if "+" not in n]
@@ -71,11 +77,7 @@ SINGLES = [("train", n) for n in TRAIN_NAMES if "+" not in n] + [("heldout", n) 
 
 @pytest.mark.parametrize(("catalog", "name"), SINGLES)
 def test_entry_is_repeatable_for_a_seed_so_a_rebuilt_benchmark_holds_the_same_audio(catalog, name, resources):
-    entries = training_catalog(resources, include_unavailable=True) if catalog == "train" else \
-        heldout_catalog(resources, include_unavailable=True)
-    deg = {d.name: d for d in entries}[name]
-    if not deg.available:
-        pytest.skip(f"{deg.name}: its encoder/tool is not available on this machine")
+    deg = _entry(catalog, name, resources)
     x = speechlike(0.75, 4)
     first, again = deg(x, SR, np.random.default_rng(5)), deg(x, SR, np.random.default_rng(5))
     np.testing.assert_array_equal(first, again)

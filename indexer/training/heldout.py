@@ -53,16 +53,20 @@ from indexer.training.catalog import (
 )
 
 
-def sox_effect(x: np.ndarray, effects: list[str], sr: int = SR) -> np.ndarray:
-    """Run ``sox`` effects on float32 mono through pipes; same rate out (length may differ)."""
+def _run_sox(args: list[str], what: str, stdin: bytes | None = None) -> np.ndarray:
+    """Run ``sox -q ARGS`` (float32 mono on stdout); CodecUnavailable naming ``what`` if it fails."""
     if shutil.which("sox") is None:
         raise CodecUnavailable("sox is not installed", "apt-get install sox")
-    proc = subprocess.run(
-        ["sox", "-q", "-t", "f32", "-r", str(sr), "-c", "1", "-", "-t", "f32", "-r", str(sr), "-c", "1", "-", *effects],
-        input=np.asarray(x, dtype=np.float32).tobytes(), capture_output=True, check=False)
+    proc = subprocess.run(["sox", "-q", *args], input=stdin, capture_output=True, check=False)
     if proc.returncode != 0:
-        raise CodecUnavailable(f"sox {' '.join(effects)} failed: {proc.stderr.decode(errors='replace')[-200:]}")
+        raise CodecUnavailable(f"sox {what} failed: {proc.stderr.decode(errors='replace')[-200:]}")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def sox_effect(x: np.ndarray, effects: list[str], sr: int = SR) -> np.ndarray:
+    """Run ``sox`` effects on float32 mono through pipes; same rate out (length may differ)."""
+    return _run_sox(["-t", "f32", "-r", str(sr), "-c", "1", "-", "-t", "f32", "-r", str(sr), "-c", "1", "-", *effects],
+                    " ".join(effects), np.asarray(x, dtype=np.float32).tobytes())
 
 
 def ffmpeg_filter(x: np.ndarray, af: str, sr: int = SR) -> np.ndarray:
@@ -105,11 +109,8 @@ class SoxNoise(Degradation):
 
     def _noise(self, sr: int) -> np.ndarray:
         if sr not in self._stretch:
-            proc = subprocess.run(["sox", "-q", "-R", "-n", "-t", "f32", "-r", str(sr), "-c", "1", "-", "synth",
-                                   f"{self.stretch_s:.0f}", self.kind], capture_output=True, check=False)
-            if proc.returncode != 0:
-                raise CodecUnavailable(f"sox synth {self.kind} failed: {proc.stderr.decode(errors='replace')[-200:]}")
-            self._stretch[sr] = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+            self._stretch[sr] = _run_sox(["-R", "-n", "-t", "f32", "-r", str(sr), "-c", "1", "-", "synth",
+                                          f"{self.stretch_s:.0f}", self.kind], f"synth {self.kind}")
         return self._stretch[sr]
 
     def apply(self, x, sr, rng):
