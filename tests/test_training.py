@@ -19,7 +19,7 @@ from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards
 from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
-                                    parse_dilations, train, validate)
+                                    parse_positive_ints, train, validate)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -145,14 +145,15 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     assert class_weight_at(region, 100, region.region_class_weight) == 0.2
 
 
-def test_dilations_parse_into_one_temporal_block_each_and_bad_ones_are_refused():
-    dilations = parse_dilations("1, 2,4,8,16")
-    assert dilations == [1, 2, 4, 8, 16]
-    net = FrameNetwork(NetworkConfig(dilations=dilations))
-    assert [block.conv.dilation[0] for block in net.temporal] == dilations
+def test_network_lists_parse_into_one_block_or_layer_each_and_bad_ones_are_refused():
+    dilations = parse_positive_ints("1, 2,4,8,16", "dilations", "1,2,4,8,16")
+    channels = parse_positive_ints("32,48,96,96", "channels", "32,48,96,96")
+    net = FrameNetwork(NetworkConfig(dilations=dilations, channels=channels))
+    assert [block.conv.dilation[0] for block in net.temporal] == [1, 2, 4, 8, 16]
+    assert [conv.out_channels for conv in net.encoder.convs if isinstance(conv, torch.nn.Conv2d)] == [32, 48, 96, 96]
     for bad in ("", "1,two", "1,0", "-2"):
-        with pytest.raises(ConfigError, match="comma-separated"):
-            parse_dilations(bad)
+        with pytest.raises(ConfigError, match="channels .* comma-separated, e.g. 32"):
+            parse_positive_ints(bad, "channels", "32,48,96,96")
 
 
 def test_validation_prototype_accuracy_separates_and_confuses_classes():

@@ -136,6 +136,8 @@ def _register_train(app: typer.Typer) -> None:
         cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
         frozen_feature_dropout: Annotated[Optional[float], typer.Option(help="Dropout on cached frozen-encoder features (default: the preset's, 0).")] = None,
         dilations: Annotated[Optional[str], typer.Option(help="Dilations of the temporal blocks, comma-separated: one block each, so they set the context (default: the preset's, 1,2,4,8: ~0.7 s).")] = None,
+        channels: Annotated[Optional[str], typer.Option(help="Fast encoder: output channels of its conv layers, comma-separated, one layer each; each layer halves the mel bands (default: the preset's, 24,32,64,64).")] = None,
+        hidden: Annotated[Optional[int], typer.Option(min=1, help="Channels of the temporal blocks (default: the preset's, 192).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -143,7 +145,7 @@ def _register_train(app: typer.Typer) -> None:
         from rich.console import Console
 
         from indexer.errors import ConfigError
-        from indexer.training.train import PRESETS, parse_dilations, train
+        from indexer.training.train import PRESETS, parse_positive_ints, train
 
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
@@ -156,8 +158,15 @@ def _register_train(app: typer.Typer) -> None:
                                        ("region_class_weight", region_class_weight),
                                        ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
                                        ("frozen_feature_dropout", frozen_feature_dropout)) if v is not None}
+        network = dict(cfg.network)
         if dilations is not None:
-            overrides["network"] = {**cfg.network, "dilations": parse_dilations(dilations)}
+            network["dilations"] = parse_positive_ints(dilations, "dilations", "1,2,4,8,16")
+        if channels is not None:
+            network["channels"] = parse_positive_ints(channels, "channels", "32,48,96,96")
+        if hidden is not None:
+            network["hidden"] = hidden
+        if network != cfg.network:
+            overrides["network"] = network
         cfg = replace(cfg, **overrides)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)

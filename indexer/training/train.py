@@ -107,10 +107,10 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-def parse_dilations(text: str) -> list[int]:
-    """Temporal-block dilations from ``"1,2,4,8,16"``: positive integers, one block each.
+def parse_positive_ints(text: str, what: str, example: str) -> list[int]:
+    """Comma-separated positive integers for a network option (``what``, e.g. ``"dilations"``).
 
-    >>> parse_dilations("1, 2,4")
+    >>> parse_positive_ints("1, 2,4", "dilations", "1,2,4,8,16")
     [1, 2, 4]
     """
     try:
@@ -118,7 +118,7 @@ def parse_dilations(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise ConfigError(f"dilations {text!r} are not positive integers", "give them comma-separated, e.g. 1,2,4,8,16")
+        raise ConfigError(f"{what} {text!r} are not positive integers", f"give them comma-separated, e.g. {example}")
     return values
 
 
