@@ -212,6 +212,23 @@ def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, t
     assert f"resumed at step {steps}" in (tmp_path / "log.txt").read_text()
 
 
+def test_train_command_builds_the_network_its_width_and_context_flags_ask_for(shard_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    out = tmp_path / "m.pt"
+    args = ["train", "--preset", "smoke", "--data", str(shard_root), "--out", str(out), "--max-steps", "1", "--threads", "1",
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    network = read_checkpoint(out)["meta"]["recipe"]["train_config"]["network"]
+    assert (network["channels"], network["hidden"], network["dilations"]) == ([8, 8, 8, 8], 32, [1, 2])
+    assert load_model(str(out)).embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 64)
+    refused = CliRunner().invoke(app, args[:-6] + ["--channels", "8,0"])
+    assert isinstance(refused.exception, ConfigError) and "channels '8,0'" in str(refused.exception)
+
+
 def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(tmp_path):
     """The accurate recipe's cache: embeddings decoded from cached distillmos features equal the
     shipped model's own embed(), and a second run reads the cache instead of encoding again."""
