@@ -165,9 +165,7 @@ def _register_train(app: typer.Typer) -> None:
             network["channels"] = parse_positive_ints(channels, "channels", "32,48,96,96")
         if hidden is not None:
             network["hidden"] = hidden
-        if network != cfg.network:
-            overrides["network"] = network
-        cfg = replace(cfg, **overrides)
+        cfg = replace(cfg, **overrides, network=network)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)
         console.print(f"wrote {summary['path']} (model id {summary['model_id']}); best held-out real validation "
