@@ -94,8 +94,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The fast network for archives of 8 kHz calls (~70 min): narrowband clips band-limited to 4 kHz as
     # an 8 kHz file is, 30 % of the wideband clips too (speech band-limited at the source is clean),
     # three times the examples, and a fifth temporal block (dilation 16: ~1.3 s of context instead of
-    # ~0.7 s). Better than fast on the telephone benchmarks; on wideband audio a lower frame EER but
-    # fewer detections (MODEL_CARD).
+    # ~0.7 s). Better than fast on the telephone benchmarks; on wideband audio fewer detections, on
+    # two seeds (MODEL_CARD).
     "telephone": TrainConfig(minutes=90.0, max_steps=13810, class_weight=0.3, class_from_step=6905, train_examples=18000,
                              narrowband_8khz=True, wideband_8khz_share=0.3, network={"dilations": [1, 2, 4, 8, 16]}),
     # The distillmos front end frozen for the whole run, its features computed once (12 min on 2
