@@ -13,7 +13,7 @@ from rich.console import Console
 
 from indexer.errors import ConfigError
 from indexer.model import MARGIN_FRAMES, FrameModel, load_model
-from indexer.model.checkpoint import read_checkpoint
+from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.frozen import decode_clips, encode_clips
@@ -210,6 +210,23 @@ def test_train_writes_a_calibrated_loadable_checkpoint_and_resumes(shard_root, t
     console.file.close()
     assert steps == 2 and again["steps"] == 3
     assert f"resumed at step {steps}" in (tmp_path / "log.txt").read_text()
+
+
+def test_train_with_ema_validates_and_saves_the_averaged_weights_and_resumes_them(shard_root, tmp_path):
+    cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                  ema_decay=0.5, network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    out = tmp_path / "m.pt"
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    train(shard_root, out, cfg, console=console)
+    state = torch.load(out.with_suffix(".state.pt"), weights_only=False)
+    assert int(state["ema"]["n_averaged"]) == 2
+    saved = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt"))).state_dict()
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    name = next(k for k in saved if k.endswith("weight") and saved[k].ndim > 1)
+    assert torch.allclose(saved[name], averaged[name]) and not torch.allclose(saved[name], state["net"][name])
+    train(shard_root, out, replace(cfg, max_steps=3), resume=True, console=console)
+    console.file.close()
+    assert int(torch.load(out.with_suffix(".state.pt"), weights_only=False)["ema"]["n_averaged"]) == 3
 
 
 def test_train_command_builds_the_network_its_width_and_context_flags_ask_for(shard_root, tmp_path):
