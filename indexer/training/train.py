@@ -307,7 +307,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             progress.update(task, completed=time.time() - t0, info=f"step {step} loss {float(loss.detach()):.3f}")
             last = time.time() - t0 >= budget or step == cfg.max_steps
             if step % cfg.eval_every == 0 or last:
-                net.eval()
                 kept = ema.module if ema is not None else net  # the weights validated and saved
                 kept.eval()
                 figures = validate(cached_embedder(kept, caches) if caches is not None and frozen else model_embedder(kept, val), val)
