@@ -196,16 +196,18 @@ class AppState:
         return self._model is not None
 
     def model(self) -> FrameModel:
-        """The frame model named by ``settings.model``, loaded once on first use."""
+        """The store's frame model (:func:`indexer.pipeline.model_spec`), loaded once on first use."""
         if self._model is None:
             with self._model_lock:
                 if self._model is None:
                     from indexer.model import load_model
+                    from indexer.pipeline import model_spec
 
+                    spec = model_spec(self.settings)
                     try:
-                        self._model = load_model(self.settings.model)
+                        self._model = load_model(spec)
                     except ModelError as exc:
-                        raise ServiceUnavailableError(f"model {self.settings.model!r} cannot be loaded: {exc.message}", exc.fix) from exc
+                        raise ServiceUnavailableError(f"model {spec!r} cannot be loaded: {exc.message}", exc.fix) from exc
         return self._model
 
     def model_if_available(self) -> FrameModel | None:

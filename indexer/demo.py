@@ -404,8 +404,7 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
 
     import soundfile as sf
 
-    from indexer.model import load_model
-    from indexer.pipeline import index_archive, set_clean_enrollment
+    from indexer.pipeline import index_archive, load_store_model, model_spec, set_clean_enrollment
     from retrieval.store import Store
 
     out = Path(out_dir)
@@ -413,7 +412,8 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
     planted = json.loads((manifest.parent / "planted.json").read_text())
     if settings.database_url is None:
         settings.store_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model(str(settings.model))
+    settings = settings.model_copy(update={"model": model_spec(settings)})
+    model = load_store_model(settings)
     store = Store.open(settings)
     try:
         store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,

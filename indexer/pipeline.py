@@ -589,6 +589,27 @@ def _load_prototypes(store: Store, model_id: str) -> list[Any]:
     return [p for p in list_prototypes(store, model_id=model_id) if p.vector is not None]
 
 
+def model_spec(settings: Settings) -> str:
+    """The model to use with ``settings``' store: ``settings.model`` when it was set (flag,
+    ``DEGSEARCH_MODEL``) or the store is new; left at its default, the one shipped model the store
+    was indexed with, so a store indexed before the default model changed keeps working."""
+    from indexer.model import shipped_name
+    from retrieval.store import store_model_ids
+
+    if "model" in settings.model_fields_set:
+        return str(settings.model)
+    ids = store_model_ids(settings)
+    name = shipped_name(ids[0]) if len(ids) == 1 else None
+    return name or str(settings.model)
+
+
+def load_store_model(settings: Settings) -> FrameModel:
+    """Load the model :func:`model_spec` names for ``settings``' store."""
+    from indexer.model import load_model
+
+    return load_model(model_spec(settings))
+
+
 def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_failed: bool = False) -> IndexContext:
     """The worker context for ``model`` on ``store`` (enrollments, prototypes, detection settings)."""
     enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in model.enrollments.items()}
@@ -696,12 +717,13 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
     """
     if engine not in ("local", "ray"):
         raise ConfigError(f"unknown engine {engine!r}", "use --engine local or --engine ray")
-    from indexer.model import load_model
     from retrieval.store import Store
 
     t_start = time.perf_counter()
     tasks = resolve_inputs(inputs)
-    model = load_model(str(settings.model))
+    # Workers load the model by name: pin the one chosen for this store.
+    settings = settings.model_copy(update={"model": model_spec(settings)})
+    model = load_store_model(settings)
     if settings.database_url is None:
         settings.store_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings)

@@ -270,6 +270,26 @@ def upgrade_database(settings: Settings) -> str:
             lock.release()
 
 
+def store_model_ids(settings: Settings) -> list[str]:
+    """Ids of the models the settings' store indexed its recordings with, read without opening the
+    store (no lock, no FAISS); empty when there is no store yet or its database cannot be read
+    (:meth:`Store.open` then says why)."""
+    url = settings.resolved_database_url
+    validate_database_url(url)
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.exists():
+        return []
+    engine = make_engine(url, readonly=True)
+    try:
+        with engine.connect() as conn:
+            done = select(Recording.model_id).where(Recording.status == "done", Recording.model_id.is_not(None)).distinct()
+            return sorted(conn.execute(done).scalars())
+    except DBAPIError:
+        return []
+    finally:
+        engine.dispose()
+
+
 def _upgrade(engine: Engine, url: str) -> None:
     from alembic import command
 

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_demo_finds_planted_noise_with_few_false_alarms(tmp_path):
-    settings = get_settings(store_dir=tmp_path / "store", model="fast")
+    settings = get_settings(store_dir=tmp_path / "store")  # the default model, as `make demo` runs it
     report = run_demo(tmp_path / "demo", settings, progress=False)
     rows = {r.kind: r for r in report.rows}
     assert report.summary.failed == 0 and report.summary.indexed == 10

@@ -11,7 +11,7 @@ import torch
 
 from indexer.errors import ModelError
 from indexer.model import FrameModel, load_model
-from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, read_checkpoint, save_checkpoint
+from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FRAME_HOP, DistillMOSFrontEnd, FrameNetwork, NetworkConfig, distillmos_cnn_state, fold_batchnorm
 from indexer.training.train import PRESETS
 
@@ -210,3 +210,34 @@ def test_inference_copy_with_folded_batchnorm_matches_the_trained_network():
     assert "proj" not in out
     np.testing.assert_allclose(out["emb"].numpy(), ref["emb"].numpy(), atol=1e-5)
     np.testing.assert_allclose(out["mos"].numpy(), ref["mos"].numpy(), atol=1e-5)
+
+
+def test_an_ensemble_embedding_is_unit_length_its_cosine_the_members_mean_and_it_round_trips(tmp_path):
+    from indexer.model.ensemble import EnsembleNetwork
+
+    for seed in (0, 1):
+        build_untrained_checkpoint(tmp_path / f"m{seed}.pt", seed=seed)
+    members = [load_model(str(tmp_path / f"m{seed}.pt")) for seed in (0, 1)]
+    nets = [network_from_checkpoint(read_checkpoint(tmp_path / f"m{seed}.pt")) for seed in (0, 1)]
+    enroll = {"wideband": np.eye(128)[0], "narrowband": np.eye(128)[1]}
+    save_checkpoint(tmp_path / "pair.pt", EnsembleNetwork(nets), {"name": "pair", "threshold": 0.3, "enrollments": enroll})
+    pair = load_model(str(tmp_path / "pair.pt"))
+    x = voice(1.3)
+    out, parts = pair.embed(x), [m.embed(x) for m in members]
+    assert pair.dim == 128 and out.embeddings.shape == (65, 128)
+    assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1.0, atol=1e-5)
+    mean_cos = np.mean([p.embeddings[3] @ p.embeddings[40] for p in parts])
+    assert out.embeddings[3] @ out.embeddings[40] == pytest.approx(mean_cos, abs=1e-5)
+    assert np.allclose(out.mos, (parts[0].mos + parts[1].mos) / 2, atol=1e-5)
+    with pytest.raises(ModelError, match="at least two"):
+        EnsembleNetwork(nets[:1])
+
+
+def test_the_shipped_balanced_model_is_the_shipped_fast_and_telephone_networks_together(network_off):
+    balanced, fast, telephone = load_model("balanced"), load_model("fast"), load_model("telephone")
+    assert [m["model_id"] for m in balanced.meta["recipe"]["ensemble_of"]] == [fast.model_id, telephone.model_id]
+    assert set(balanced.enrollments) == {"wideband", "narrowband"} and 0 < balanced.threshold < 2
+    x = voice(0.5)
+    both = np.concatenate([fast.embed(x).embeddings, telephone.embed(x).embeddings], axis=1) / math.sqrt(2)
+    assert np.allclose(balanced.embed(x).embeddings, both, atol=1e-5)
+    assert PRESETS["default"].members == ["fast", "telephone"]

@@ -229,3 +229,24 @@ def test_enroll_clean_makes_the_next_run_detect_unchanged_files_again(settings, 
     assert (redo.indexed, redo.skipped) == (3, 0)
     again = index_archive([str(p) for p in archive], settings, progress=False)
     assert (again.indexed, again.skipped) == (0, 3)
+
+
+def test_a_store_indexed_with_a_shipped_model_keeps_it_when_no_model_is_asked_for(tmp_path, ix_checkpoint, monkeypatch):
+    import indexer.model as im
+    from indexer.model.checkpoint import file_model_id
+    from indexer.pipeline import model_spec
+    from indexer.settings import get_settings
+
+    monkeypatch.setitem(im.SHIPPED, "fast", ix_checkpoint)  # the untrained checkpoint plays the shipped 'fast'
+    monkeypatch.delenv("DEGSEARCH_MODEL", raising=False)
+    store_dir = tmp_path / "store"
+    assert model_spec(get_settings(store_dir=store_dir)) == "balanced"  # a new store gets the default
+    calls = ix_archive(tmp_path / "archive", n=2, seconds=2.0)
+    assert index_archive([str(calls[0])], get_settings(store_dir=store_dir, model="fast"), progress=False).failed == 0
+    assert model_spec(get_settings(store_dir=store_dir)) == "fast"  # indexed before the default changed: kept
+    assert model_spec(get_settings(store_dir=store_dir, model="telephone")) == "telephone"  # asked for: obeyed
+    monkeypatch.setenv("DEGSEARCH_MODEL", "telephone")
+    assert model_spec(get_settings(store_dir=store_dir)) == "telephone"
+    monkeypatch.delenv("DEGSEARCH_MODEL")
+    summary = index_archive([str(calls[1])], get_settings(store_dir=store_dir), progress=False)
+    assert summary.failed == 0 and summary.indexed == 1 and summary.model_id == file_model_id(ix_checkpoint)

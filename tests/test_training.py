@@ -11,15 +11,16 @@ import pytest
 import torch
 from rich.console import Console
 
-from indexer.errors import ConfigError
+from indexer.errors import ConfigError, ModelError
 from indexer.model import MARGIN_FRAMES, FrameModel, load_model
-from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
+from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, network_from_checkpoint, read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.calibrate import eer_threshold, frame_eer
+from indexer.training.combine import combine
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards
-from indexer.training.train import (PRESETS, _segment_prototype_accuracy, balanced_batch, class_weight_at, example_classes,
-                                    parse_positive_ints, train, validate)
+from indexer.training.train import (PRESETS, TrainConfig, _segment_prototype_accuracy, balanced_batch, class_weight_at,
+                                    example_classes, member_path, parse_positive_ints, train, validate)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -138,8 +139,9 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     cfg = replace(PRESETS["default"], class_weight=0.5, class_from_step=100)
     assert class_weight_at(cfg, 0) == 0.0 and class_weight_at(cfg, 99) == 0.0
     assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
-    default = PRESETS["default"]  # the shipped recipe: contrastive term alone for the first half
-    assert class_weight_at(default, 0) == 0.0 and class_weight_at(default, default.max_steps // 2) == 0.3
+    for name in PRESETS["default"].members:  # the shipped recipes: contrastive term alone for the first half
+        member = PRESETS[name]
+        assert class_weight_at(member, 0) == 0.0 and class_weight_at(member, member.max_steps // 2) == 0.3
     region = replace(cfg, region_class_weight=0.2)  # the region term starts with the frame term
     assert class_weight_at(region, 99, region.region_class_weight) == 0.0
     assert class_weight_at(region, 100, region.region_class_weight) == 0.2
@@ -272,3 +274,44 @@ def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(tmp_pat
     assert len(list((root / "train").glob("encoded-*.npy"))) == 1
     text = log.read_text()
     assert text.count("features computing") == 3 and text.count("features from") == 3
+
+
+def test_an_ensemble_recipe_trains_each_member_then_joins_them_calibrated_and_resumes(shard_root, tmp_path, monkeypatch):
+    tiny = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                   network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
+    monkeypatch.setitem(PRESETS, "tiny_long", replace(tiny, network={**tiny.network, "dilations": [1, 2, 4]}))
+    out = tmp_path / "ens.pt"
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    summary = train(shard_root, out, TrainConfig(members=["tiny", "tiny_long"], seed=3, threads=1), console=console)
+    members = [member_path(out, "tiny"), member_path(out, "tiny_long")]
+    assert summary["members"] == [file_model_id(p) for p in members]
+    assert [read_checkpoint(p)["meta"]["recipe"]["train_config"]["seed"] for p in members] == [3, 3]
+    model = load_model(str(out))
+    assert model.model_id == summary["model_id"] and model.dim == 128
+    assert set(model.enrollments) == {"wideband", "narrowband"} and model.enrollments["wideband"].shape == (128,)
+    assert {"frame_eer_val_real", "frame_eer_val_heldout_catalog"} <= set(read_checkpoint(out)["meta"]["validation"])
+    assert model.embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 128)
+
+    train(shard_root, out, TrainConfig(members=["tiny", "tiny_long"], seed=3, threads=1), resume=True, console=console)
+    console.file.close()
+    assert [file_model_id(p) for p in members] == summary["members"]  # finished members are kept, not retrained
+    assert (tmp_path / "log.txt").read_text().count("kept") == 2
+
+
+def test_combine_refuses_an_ensemble_as_a_member_and_an_ensemble_recipe_takes_no_recipe_flags(shard_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    for seed in (0, 1):
+        build_untrained_checkpoint(tmp_path / f"m{seed}.pt", seed=seed)
+    pair = combine([tmp_path / "m0.pt", tmp_path / "m1.pt"], shard_root, tmp_path / "pair.pt")
+    assert read_checkpoint(tmp_path / "pair.pt")["meta"]["recipe"]["ensemble_of"][1]["model_id"] == pair["members"][1]
+    with pytest.raises(ModelError, match="already an ensemble"):
+        combine([tmp_path / "pair.pt", tmp_path / "m0.pt"], shard_root, tmp_path / "triple.pt")
+    with pytest.raises(ModelError, match="at least two"):
+        combine([tmp_path / "m0.pt"], shard_root, tmp_path / "single.pt")
+    refused = CliRunner().invoke(app, ["train", "--preset", "default", "--data", str(shard_root), "--out", str(tmp_path / "d.pt"),
+                                       "--max-steps", "5"])
+    assert isinstance(refused.exception, ConfigError) and "takes no max_steps" in str(refused.exception)

@@ -114,7 +114,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= fast log-mel CNN), fast, telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced: trains fast, then telephone, then joins them as one ensemble, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,
@@ -166,11 +166,39 @@ def _register_train(app: typer.Typer) -> None:
             network["channels"] = parse_positive_ints(channels, "channels", "32,48,96,96")
         if hidden is not None:
             network["hidden"] = hidden
+        recipe_changes = sorted(set(overrides) - {"seed", "threads"}) + (["network"] if network != cfg.network else [])
+        if cfg.members and recipe_changes:
+            raise ConfigError(f"preset {preset!r} trains the presets {', '.join(cfg.members)} as they are; "
+                              f"it takes no {', '.join(recipe_changes)}",
+                              "train changed members one by one (--preset fast ...) and join them with degsearch combine")
         cfg = replace(cfg, **overrides, network=network)
         console = Console(stderr=True)
         summary = train(data, out, cfg, resume=resume, console=console)
-        console.print(f"wrote {summary['path']} (model id {summary['model_id']}); best held-out real validation "
-                      f"error {summary['best_val_error']:.2f} % (frame EER and prototype error) after {summary['steps']} steps; threshold {summary['threshold']:.3f}")
+        if cfg.members:
+            console.print(f"wrote {summary['path']} (model id {summary['model_id']}), an ensemble of "
+                          f"{', '.join(summary['members'])}; threshold {summary['threshold']:.3f}")
+        else:
+            console.print(f"wrote {summary['path']} (model id {summary['model_id']}); best held-out real validation "
+                          f"error {summary['best_val_error']:.2f} % (frame EER and prototype error) after {summary['steps']} steps; threshold {summary['threshold']:.3f}")
+
+
+def _register_combine(app: typer.Typer) -> None:
+    @app.command()
+    def combine(
+        out: Annotated[Path, typer.Argument(help="Ensemble checkpoint to write (a summary goes beside it as .json).")],
+        members: Annotated[list[str], typer.Argument(help="Two or more trained models: shipped names (fast, telephone) or checkpoint files.")],
+        data: Annotated[Path, typer.Option(help="Shards directory: its training clips give the clean enrollments, its validation sets the threshold.")] = Path("data/train/shards"),
+    ) -> None:
+        """Join trained frame models into one calibrated ensemble (the shipped 'balanced' model is fast + telephone)."""
+        from rich.console import Console
+
+        from indexer.training.combine import combine as combine_models
+
+        summary = combine_models(members, data, out)
+        Console(stderr=True).print(
+            f"wrote {summary['path']} (model id {summary['model_id']}), an ensemble of {', '.join(summary['members'])}; "
+            f"threshold {summary['threshold']:.3f}; held-out real validation frame EER "
+            + " / ".join(f"{v:.1f} %" for k, v in summary.items() if k.startswith("frame_eer_")))
 
 
 def register(app: typer.Typer) -> None:
@@ -179,3 +207,4 @@ def register(app: typer.Typer) -> None:
     _register_build_shards(app)
     _register_make_benchmark(app)
     _register_train(app)
+    _register_combine(app)

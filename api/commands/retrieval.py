@@ -19,7 +19,7 @@ from indexer.errors import ConfigError
 
 StoreDir = Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")]
 DatabaseUrl = Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="Model for clip queries: fast, telephone, accurate or a checkpoint path.")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="Model for clip queries: balanced, fast, telephone, accurate or a checkpoint path.")]
 Clips = Annotated[Optional[list[Path]], typer.Argument(help="Query clip(s): audio of the degradation to find; several are averaged.")]
 K = Annotated[int, typer.Option("-k", "--k", min=1, max=100000, help="How many segments to return.")]
 LikeSegment = Annotated[Optional[int], typer.Option("--like-segment", help="Query with this stored segment's embedding instead of a clip.")]
@@ -77,9 +77,9 @@ def _query(store: Any, settings: Any, clips: list[Path] | None, like_segment: in
 
     model = None
     if clips:
-        from indexer.model import load_model
+        from indexer.pipeline import load_store_model
 
-        model = load_model(settings.model)
+        model = load_store_model(settings)
     return resolve_query(store, model, clips=[str(c) for c in clips] if clips else None, segment_id=like_segment,
                          prototype=prototype, whole=whole)
 
@@ -237,11 +237,11 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
     ) -> None:
         """Enroll NAME from example clips and relabel the archive."""
-        from indexer.model import load_model
+        from indexer.pipeline import load_store_model
         from retrieval.prototypes import add_named_prototype
 
         settings = _settings(store_dir=store_dir, database_url=database_url, model=model)
-        frame_model = load_model(settings.model)
+        frame_model = load_store_model(settings)
         store = _open(settings, readonly=False)
         try:
             info = add_named_prototype(store, frame_model, name, [str(c) for c in clips], whole=whole)

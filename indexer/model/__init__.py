@@ -1,8 +1,9 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('fast')`` loads the shipped log-mel CNN, ``'telephone'`` the same network trained for
-archives of 8 kHz calls, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
-other value is a checkpoint path. Nothing is downloaded.
+``load_model('balanced')`` (the default) loads the shipped ``fast`` and ``telephone`` networks run as
+one ensemble, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
+trained for archives of 8 kHz calls, ``'accurate'`` the distillmos-front-end model when it is
+shipped, and any other value is a checkpoint path. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 
 from indexer.errors import ModelError
+from indexer.model.ensemble import EnsembleNetwork, fold_ensemble
 from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batchnorm, n_frames
 from indexer.records import FrameOutput
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"fast": WEIGHTS_DIR / "fast.pt", "telephone": WEIGHTS_DIR / "telephone.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
+SHIPPED = {"balanced": WEIGHTS_DIR / "balanced.pt", "fast": WEIGHTS_DIR / "fast.pt", "telephone": WEIGHTS_DIR / "telephone.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
 MIN_SECONDS = 0.1
 # Long signals are cut into windows with context margins so memory stays bounded whatever the length.
 WINDOW_FRAMES = 1000  # 20 s
@@ -28,16 +30,17 @@ WINDOWS_PER_BATCH = 8
 class FrameModel:
     """A loaded frame model with its calibration (threshold and clean enrollments)."""
 
-    def __init__(self, network: FrameNetwork, *, model_id: str, name: str, threshold: float,
+    def __init__(self, network: FrameNetwork | EnsembleNetwork, *, model_id: str, name: str, threshold: float,
                  enrollments: dict[str, np.ndarray], meta: dict | None = None) -> None:
-        self.network = fold_batchnorm(network)  # inference copy; the caller's network is left as it is
+        # An inference copy: the caller's network is left as it is.
+        self.network = fold_ensemble(network) if isinstance(network, EnsembleNetwork) else fold_batchnorm(network)
         self.model_id = model_id
         self.name = name
         self.threshold = float(threshold)
         self.enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in enrollments.items()}
         self.meta = meta or {}
         self.frame_rate = FRAME_RATE
-        self.dim = network.cfg.emb_dim
+        self.dim = network.dim
 
     @property
     def hop_s(self) -> float:
@@ -84,8 +87,15 @@ class FrameModel:
         return self.enrollments[key]
 
 
-def load_model(name_or_path: str = "fast") -> FrameModel:
-    """Load a shipped model by name ('fast', 'telephone', 'accurate') or a checkpoint file; never downloads."""
+def shipped_name(model_id: str) -> str | None:
+    """The name of the installed shipped model whose file has ``model_id``, if any."""
+    from indexer.model.checkpoint import file_model_id
+
+    return next((name for name, path in SHIPPED.items() if path.is_file() and file_model_id(path) == model_id), None)
+
+
+def load_model(name_or_path: str = "balanced") -> FrameModel:
+    """Load a shipped model by name ('balanced', 'fast', 'telephone', 'accurate') or a checkpoint file; never downloads."""
     from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
 
     path = SHIPPED.get(name_or_path, Path(name_or_path))
@@ -93,7 +103,7 @@ def load_model(name_or_path: str = "fast") -> FrameModel:
         raise ModelError(
             f"the shipped '{name_or_path}' model is not installed at {path}",
             f"reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset "
-            f"{'default' if name_or_path == 'fast' else name_or_path} --data data/shards --out {path}",
+            f"{'default' if name_or_path == 'balanced' else name_or_path} --data data/shards --out {path}",
         )
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
@@ -107,4 +117,4 @@ def load_model(name_or_path: str = "fast") -> FrameModel:
     )
 
 
-__all__ = ["FrameModel", "load_model", "FRAME_RATE"]
+__all__ = ["FrameModel", "load_model", "shipped_name", "FRAME_RATE"]

@@ -2,8 +2,10 @@
 
 A checkpoint is one ``torch.save`` dict: ``format``, ``config`` (:class:`NetworkConfig`),
 ``state_dict`` and ``meta`` (name, frame rate, dimension, calibrated threshold, the wideband and
-narrowband clean enrollments, class names, training recipe and validation figures). The model id
-is the first 16 hex digits of the file's SHA-256, so any retrained file gets a new id.
+narrowband clean enrollments, class names, training recipe and validation figures). An ensemble
+(:class:`EnsembleNetwork`) has ``members``, a list of ``config`` + ``state_dict`` dicts, in place of
+the two and its own ``meta``. The model id is the first 16 hex digits of the file's SHA-256, so
+any retrained file gets a new id.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 import torch
 
 from indexer.errors import ModelError
+from indexer.model.ensemble import EnsembleNetwork
 from indexer.model.network import FRAME_RATE, FrameNetwork, NetworkConfig
 
 FORMAT = "degsearch-frame-model/1"
+ENSEMBLE_FORMAT = "degsearch-frame-ensemble/1"
 
 
 def file_model_id(path: str | Path) -> str:
@@ -31,14 +35,20 @@ def file_model_id(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_checkpoint(path: str | Path, network: FrameNetwork, meta: dict[str, Any]) -> str:
-    """Write a checkpoint atomically; returns its model id."""
+def _weights(net: FrameNetwork) -> dict[str, Any]:
+    return {"config": net.cfg.to_dict(), "state_dict": net.state_dict()}
+
+
+def save_checkpoint(path: str | Path, network: FrameNetwork | EnsembleNetwork, meta: dict[str, Any]) -> str:
+    """Write a checkpoint (a single network or an ensemble) atomically; returns its model id."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"frame_rate": FRAME_RATE, "dim": network.cfg.emb_dim, **meta}
+    meta = {"frame_rate": FRAME_RATE, "dim": network.dim, **meta}
     meta["enrollments"] = {k: np.asarray(v, dtype=np.float32).tolist() for k, v in meta.get("enrollments", {}).items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, "config": network.cfg.to_dict(), "state_dict": network.state_dict(), "meta": meta}, tmp)
+    body = ({"format": ENSEMBLE_FORMAT, "members": [_weights(m) for m in network.members]}
+            if isinstance(network, EnsembleNetwork) else {"format": FORMAT, **_weights(network)})
+    torch.save({**body, "meta": meta}, tmp)
     os.replace(tmp, path)
     return file_model_id(path)
 
@@ -52,16 +62,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for foreign or truncated files
         raise ModelError(f"{path} is not a readable checkpoint ({exc.__class__.__name__}: {exc})", "re-train or re-download the model file") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
         raise ModelError(f"{path} is not a degsearch frame-model checkpoint", "pass a file written by degsearch train")
     return ckpt
 
 
-def network_from_checkpoint(ckpt: dict[str, Any]) -> FrameNetwork:
+def network_from_checkpoint(ckpt: dict[str, Any]) -> FrameNetwork | EnsembleNetwork:
     """Rebuild the network of a checkpoint (pretrained encoders are not re-read: the state dict has them)."""
-    cfg = NetworkConfig(**ckpt["config"])
-    net = FrameNetwork(cfg, load_pretrained=False)
-    net.load_state_dict(ckpt["state_dict"])
+    if ckpt["format"] == ENSEMBLE_FORMAT:
+        return EnsembleNetwork([_network(m) for m in ckpt["members"]]).eval()
+    return _network(ckpt)
+
+
+def _network(weights: dict[str, Any]) -> FrameNetwork:
+    net = FrameNetwork(NetworkConfig(**weights["config"]), load_pretrained=False)
+    net.load_state_dict(weights["state_dict"])
     return net.eval()
 
 

@@ -177,6 +177,11 @@ class FrameNetwork(nn.Module):
         self.emb_head = nn.Conv1d(cfg.hidden, cfg.emb_dim, 1)
         self.proj_head = nn.Sequential(nn.Conv1d(cfg.emb_dim, cfg.proj_dim, 1), nn.ReLU(), nn.Conv1d(cfg.proj_dim, cfg.proj_dim, 1))
 
+    @property
+    def dim(self) -> int:
+        """Dimension of the indexed embedding."""
+        return self.cfg.emb_dim
+
     def forward(self, audio: torch.Tensor, feats: torch.Tensor | None = None, *, project: bool = True) -> dict[str, torch.Tensor]:
         """(B, N) waveform (or precomputed log-mel ``feats`` for the fast encoder) -> per-frame outputs.
 

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from indexer.model import FrameModel
+from indexer.model.ensemble import EnsembleNetwork
 from indexer.model.network import FrameNetwork
 from indexer.training.frozen import ClipEmbed
 
@@ -25,13 +26,13 @@ def eer_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(thr[i])
 
 
-def model_embedder(net: FrameNetwork, sets: dict[str, dict[str, np.ndarray]]) -> ClipEmbed:
+def model_embedder(net: FrameNetwork | EnsembleNetwork, sets: dict[str, dict[str, np.ndarray]]) -> ClipEmbed:
     """Embeds rows of ``sets`` (name -> shard arrays) through the model, as the indexer would."""
     model = FrameModel(net, model_id="training", name="training", threshold=0.0, enrollments={})
     return lambda name, rows: np.stack([model.embed(a).embeddings for a in sets[name]["audio"][rows]])
 
 
-def calibrate(net: FrameNetwork, train: dict[str, np.ndarray], val: dict[str, dict[str, np.ndarray]],
+def calibrate(net: FrameNetwork | EnsembleNetwork, train: dict[str, np.ndarray], val: dict[str, dict[str, np.ndarray]],
               n_enroll: int = 300, embed: ClipEmbed | None = None) -> dict:
     """Enrollments from clean training frames (wideband and narrowband separately); threshold at the
     equal-error point of the pooled held-out real-speaker validation sets, each scored with the

@@ -284,10 +284,10 @@ def band_limit_narrowband(arrays: dict[str, np.ndarray], chunk: int = 256, *, wi
 
 
 def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_8khz_share: float = 0.0,
-                seed: int = 0, max_examples: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
+                seed: int = 0, max_examples: int = 0, fewer_ok: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """Concatenate the shards of ``out_dir`` in order and return (arrays, classes): all of them, or
     the first ``max_examples`` examples (shard i is seeded by (seed, i), so a larger set built with
-    the same seed starts with the smaller one). With ``narrowband_8khz`` the narrowband clips, and
+    the same seed starts with the smaller one; fewer are an error unless ``fewer_ok``). With ``narrowband_8khz`` the narrowband clips, and
     ``wideband_8khz_share`` of the wideband ones, are band-limited (:func:`band_limit_narrowband`)."""
     if wideband_8khz_share and not narrowband_8khz:
         raise ConfigError("a wideband band-limited share needs the narrowband clips band-limited too",
@@ -305,7 +305,7 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
         loaded += len(parts[-1]["audio"])
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if max_examples:
-        if len(arrays["audio"]) < max_examples:
+        if len(arrays["audio"]) < max_examples and not fewer_ok:
             raise ConfigError(f"{out} holds {len(arrays['audio'])} examples, the recipe trains on {max_examples}",
                               f"build them: degsearch prepare-data {out.parent.parent} --shards {max_examples} "
                               "(prepare-data writes DATA_DIR/shards/train; existing shards are kept)")
@@ -313,3 +313,17 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
     if narrowband_8khz:
         band_limit_narrowband(arrays, wideband_share=wideband_8khz_share, seed=seed)
     return arrays, json.loads((out / "classes.json").read_text())
+
+
+def load_val_sets(data_dir: str | Path, *, narrowband_8khz: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """The held-out real-speaker validation sets under a shards directory, by name: ``val_real``
+    (training catalog) and ``val_heldout_catalog``, whichever exist (at least one must)."""
+    data = Path(data_dir)
+    sets = {}
+    for name in ("val_real", "val_heldout_catalog"):
+        if (data / name).is_dir():
+            sets[name], _ = load_shards(data / name, narrowband_8khz=narrowband_8khz)
+    if not sets:
+        raise ConfigError(f"no validation shards (val_real, val_heldout_catalog) under {data}",
+                          "build them with `degsearch build-shards ... --split heldout`")
+    return sets

@@ -1,0 +1,46 @@
+"""Several trained frame networks used as one: the ``balanced`` model.
+
+Each member embeds the same frames; the ensemble's embedding is the members' L2-normalised
+embeddings concatenated and divided by sqrt(k), so it is unit length and its cosine with another
+ensemble embedding is the mean of the members' cosines. Its frame MOS is the members' mean.
+Networks trained apart make different errors: on the held-out real-speaker benchmarks the
+``fast`` and ``telephone`` networks together have a lower frame EER than either alone on the
+wideband ones and nearly the ``telephone`` network's on the telephone ones (MODEL_CARD.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from indexer.errors import ModelError
+from indexer.model.network import FrameNetwork, LogMelCNN, fold_batchnorm
+
+
+class EnsembleNetwork(nn.Module):
+    """Frame networks run side by side; the output has :class:`FrameNetwork`'s inference keys."""
+
+    def __init__(self, members: list[FrameNetwork]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ModelError(f"an ensemble needs at least two member networks, got {len(members)}",
+                             "pass two or more checkpoints")
+        self.members = nn.ModuleList(members)
+        self.dim = sum(m.dim for m in members)
+
+    def forward(self, audio: torch.Tensor, *, project: bool = False) -> dict[str, torch.Tensor]:
+        """(B, N) waveform -> ``emb`` (B, T, sum of member dims), unit length, and ``mos`` (B, T)."""
+        if project:
+            raise ModelError("an ensemble has no projection head", "train its members one by one")
+        # The log-mels are the same for every fast member: compute them once.
+        feats = LogMelCNN.features(audio) if any(isinstance(m.encoder, LogMelCNN) for m in self.members) else None
+        outs = [m(audio, feats=feats if isinstance(m.encoder, LogMelCNN) else None, project=False) for m in self.members]
+        emb = torch.cat([o["emb"] for o in outs], dim=-1) / math.sqrt(len(outs))
+        return {"emb": emb, "mos": torch.stack([o["mos"] for o in outs]).mean(0)}
+
+
+def fold_ensemble(net: EnsembleNetwork) -> EnsembleNetwork:
+    """An inference copy with every member's BatchNorms folded (:func:`fold_batchnorm`)."""
+    return EnsembleNetwork([fold_batchnorm(m) for m in net.members]).eval()
