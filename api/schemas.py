@@ -18,7 +18,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 # Largest k a client may ask for: bounds the response size and the FAISS work per request.
 MAX_K = 1000
-# Longest query vector accepted; real models use 64 dimensions, this only bounds the payload.
+# Longest query vector accepted; the shipped models use 64 or 128 dimensions, this only bounds the payload.
 MAX_VECTOR_DIM = 1024
 # Padding around a segment when serving its audio.
 MAX_PAD_S = 10.0
