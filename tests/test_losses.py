@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.losses import cosine_class_loss, region_class_loss, sample_frames, supcon_frames, total_loss
+from indexer.training.losses import (cosine_class_loss, region_class_loss, relation_distill_loss, sample_frames, supcon_frames,
+                                     total_loss)
 
 torch.set_num_threads(1)
 
@@ -136,3 +137,15 @@ def test_total_loss_adds_the_region_term_only_when_weighted():
     assert "region_ce" not in parts
     assert wparts["region_ce"] == pytest.approx(float(region_class_loss(out["emb"], labels, vectors)), rel=1e-5)
     assert float(weighted) == pytest.approx(float(plain) + 0.5 * wparts["region_ce"], rel=1e-5)
+
+
+def test_relation_distillation_is_zero_for_the_teacher_itself_and_positive_for_another_geometry():
+    g = torch.Generator().manual_seed(0)
+    teacher = F.normalize(torch.randn(2, 10, 128, generator=g), dim=-1)
+    idx = torch.arange(20)
+    assert float(relation_distill_loss(teacher, teacher, idx)) == pytest.approx(0.0, abs=1e-6)
+    student = F.normalize(teacher[..., :64], dim=-1)  # half the teacher's dimensions: other cosines
+    assert float(relation_distill_loss(student, teacher, idx)) > 0.001
+    student.requires_grad_(True)
+    relation_distill_loss(student, teacher, idx).backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0

@@ -315,3 +315,15 @@ def test_combine_refuses_an_ensemble_as_a_member_and_an_ensemble_recipe_takes_no
     refused = CliRunner().invoke(app, ["train", "--preset", "default", "--data", str(shard_root), "--out", str(tmp_path / "d.pt"),
                                        "--max-steps", "5"])
     assert isinstance(refused.exception, ConfigError) and "takes no max_steps" in str(refused.exception)
+
+
+def test_train_distils_a_teacher_model_into_the_student_and_records_the_term(shard_root, tmp_path):
+    build_untrained_checkpoint(tmp_path / "teacher.pt", seed=5)
+    cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                  distill_from=str(tmp_path / "teacher.pt"), network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    train(shard_root, tmp_path / "student.pt", cfg, console=console)
+    console.file.close()
+    history = read_checkpoint(tmp_path / "student.pt")["meta"]["history"]
+    assert history[-1]["distill"] > 0
+    assert "24 clips embedded" in (tmp_path / "log.txt").read_text()

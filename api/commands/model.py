@@ -136,6 +136,8 @@ def _register_train(app: typer.Typer) -> None:
         cache_frozen: Annotated[Optional[bool], typer.Option("--cache-frozen/--no-cache-frozen", help="Pretrained encoders: compute each clip's frozen encoder features once, beside the shards (default: the preset's).")] = None,
         frozen_feature_dropout: Annotated[Optional[float], typer.Option(help="Dropout on cached frozen-encoder features (default: the preset's, 0).")] = None,
         ema_decay: Annotated[Optional[float], typer.Option(min=0.0, max=0.99999, help="Keep an exponential moving average of the weights with this decay per step and validate and save it; 0 turns it off (default: the preset's, 0).")] = None,
+        distill_from: Annotated[Optional[str], typer.Option(help="Distil a trained model (name or checkpoint, e.g. balanced) into this one: its frame embeddings of the training clips become a target for the cosines between frames (default: the preset's, none).")] = None,
+        distill_weight: Annotated[Optional[float], typer.Option(min=0.0, help="Weight of that distillation term (default: the preset's, 10).")] = None,
         dilations: Annotated[Optional[str], typer.Option(help="Dilations of the temporal blocks, comma-separated: one block each, so they set the context (default: the preset's, 1,2,4,8: ~0.7 s).")] = None,
         channels: Annotated[Optional[str], typer.Option(help="Fast encoder: output channels of its conv layers, comma-separated, one layer each; each layer halves the mel bands (default: the preset's, 24,32,64,64).")] = None,
         hidden: Annotated[Optional[int], typer.Option(min=1, help="Channels of the temporal blocks (default: the preset's, 192).")] = None,
@@ -158,7 +160,8 @@ def _register_train(app: typer.Typer) -> None:
                                        ("class_on_clean", class_on_clean), ("class_from_step", class_from_step),
                                        ("region_class_weight", region_class_weight),
                                        ("freeze_encoder_steps", freeze_encoder_steps), ("cache_frozen", cache_frozen),
-                                       ("frozen_feature_dropout", frozen_feature_dropout), ("ema_decay", ema_decay)) if v is not None}
+                                       ("frozen_feature_dropout", frozen_feature_dropout), ("ema_decay", ema_decay),
+                                       ("distill_from", distill_from), ("distill_weight", distill_weight)) if v is not None}
         network = dict(cfg.network)
         if dilations is not None:
             network["dilations"] = parse_positive_ints(dilations, "dilations", "1,2,4,8,16")

@@ -88,10 +88,11 @@ def region_class_loss(emb: torch.Tensor, labels: torch.Tensor, class_vectors: to
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
-               region_class_weight: float = 0.0,
+               region_class_weight: float = 0.0, teacher_emb: torch.Tensor | None = None, distill_weight: float = 0.0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames and
-    ``region_class_weight`` x the same on pooled regions); returns the loss and its parts.
+    """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames,
+    ``region_class_weight`` x the same on pooled regions and ``distill_weight`` x
+    :func:`relation_distill_loss` to ``teacher_emb``); returns the loss and its parts.
 
     Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
     leaving clean-versus-degraded to the contrastive term.
@@ -112,4 +113,19 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
         region_ce = region_class_loss(out["emb"], frame_labels, class_vectors)
         loss = loss + region_class_weight * region_ce
         parts["region_ce"] = float(region_ce.detach())
+    if distill_weight > 0 and teacher_emb is not None:
+        kd = relation_distill_loss(out["emb"], teacher_emb, idx)
+        loss = loss + distill_weight * kd
+        parts["distill"] = float(kd.detach())
     return loss, parts
+
+
+def relation_distill_loss(emb: torch.Tensor, teacher_emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the cosine matrices of the sampled frames (flattened indices
+    ``idx``) in the student's (B, T, D) and the teacher's (B, T, D') embeddings.
+
+    Matching cosines, not vectors, lets a 64-d student learn from a teacher of any dimension (the
+    128-d ``balanced`` ensemble): what is indexed and searched is the cosine geometry."""
+    s = emb.reshape(-1, emb.shape[-1])[idx]
+    t = teacher_emb.reshape(-1, teacher_emb.shape[-1])[idx].to(s.dtype)
+    return F.mse_loss(s @ s.T, t @ t.T)

@@ -87,6 +87,10 @@ class TrainConfig:
     # With it, validation, checkpoint selection and the written checkpoint use the averaged weights:
     # one aim is a smaller run-to-run spread than the seeds in MODEL_CARD show.
     ema_decay: float = 0.0
+    # Distillation: a trained model (name or checkpoint) whose frame embeddings of every training
+    # clip are computed once, and the weight of losses.relation_distill_loss toward them; "": off.
+    distill_from: str = ""
+    distill_weight: float = 10.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -266,6 +270,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     umos_t = torch.from_numpy(train_arrays["utt_mos"])
     narrow_t = torch.from_numpy(train_arrays["narrowband"].astype(bool))
     clip_classes = example_classes(train_arrays["frame_labels"])
+    teacher_t = (torch.from_numpy(teacher_embeddings(cfg.distill_from, train_arrays["audio"], labels_t.shape[1], console))
+                 if cfg.distill_from else None)
     pretrained = cfg.encoder != "logmel_cnn"
     caches = _frozen_caches(net, data, train_arrays, val, console) if pretrained and cfg.cache_frozen else None
     t0 = time.time() - elapsed0
@@ -296,7 +302,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             loss, parts = total_loss(out_, labels_t[idx], fmos_t[idx], umos_t[idx], n_frames=cfg.contrast_frames,
                                      tau=cfg.tau, mos_weight=cfg.mos_weight, class_vectors=class_vectors,
                                      class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
-                                     region_class_weight=class_weight_at(cfg, step, cfg.region_class_weight))
+                                     region_class_weight=class_weight_at(cfg, step, cfg.region_class_weight),
+                                     teacher_emb=teacher_t[idx] if teacher_t is not None else None,
+                                     distill_weight=cfg.distill_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -333,6 +341,23 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                "threshold": calib["threshold"], **calib["validation"]}
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def teacher_embeddings(teacher: str, audio: np.ndarray, frames: int, console: Console, batch: int = 32) -> np.ndarray:
+    """The ``teacher`` model's (N, frames, D) frame embeddings of the training clips, float16,
+    computed once before training (the clips as stored, without the per-step gain and EQ: the
+    student learns to ignore those)."""
+    from indexer.model import load_model
+
+    model = load_model(teacher)
+    out = np.empty((len(audio), frames, model.dim), np.float16)
+    t0 = time.time()
+    with torch.inference_mode():
+        for i in range(0, len(audio), batch):
+            emb = model.network(torch.from_numpy(audio[i : i + batch]), project=False)["emb"]
+            out[i : i + batch] = emb[:, :frames].numpy()
+    console.print(f"teacher {model.name} ({model.model_id}): {len(audio)} clips embedded in {time.time() - t0:.0f} s")
+    return out
 
 
 def member_path(out: Path, name: str) -> Path:
