@@ -123,7 +123,6 @@ PRESETS["default"] = PRESETS["balanced"] = TrainConfig(minutes=PRESETS["fast"].m
                                                        members=["fast", "telephone"])
 
 
-
 def parse_positive_ints(text: str, what: str, example: str) -> list[int]:
     """Comma-separated positive integers for a network option (``what``, e.g. ``"dilations"``).
 
