@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
 
     # --- model and detection ---------------------------------------------------------------
-    model: str = Field("balanced", description="'balanced' (fast + telephone as one ensemble), 'fast', 'telephone', 'accurate', or a path to a checkpoint file.")
+    model: str = Field("balanced", description="'balanced' (fast + telephone as one ensemble), 'fast', 'telephone', 'distilled', 'accurate', or a path to a checkpoint file.")
     threshold: float | None = Field(None, description="Detection threshold on 1 - cosine; default: the model's calibrated one.")
     clean_quantile: float = Field(
         0.98, gt=0.5, lt=1.0,

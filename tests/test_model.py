@@ -159,7 +159,7 @@ def test_checkpoint_and_distillmos_front_end_load_with_network_off(network_off, 
     assert out.embeddings.shape == (35, 64) and np.isfinite(out.mos).all()
 
 
-@pytest.mark.parametrize("name", ["fast", "telephone"])
+@pytest.mark.parametrize("name", ["fast", "telephone", "distilled"])
 def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off, name):
     model = load_model(name)
     assert model.embed(voice(0.5)).embeddings.shape == (25, 64)
@@ -170,6 +170,7 @@ def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off
     assert (recipe["max_steps"], recipe["class_weight"]) == (preset.max_steps, preset.class_weight)
     assert recipe.get("network", {}) == preset.network  # the telephone model's fifth temporal block
     assert model.meta["recipe"]["train_examples"] == preset.train_examples
+    assert recipe.get("distill_from", "") == preset.distill_from  # distilled: the balanced ensemble's cosines
 
 
 def test_hf_encoder_from_a_saved_tiny_random_wav2vec2(tmp_path):

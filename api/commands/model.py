@@ -114,7 +114,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced: trains fast, then telephone, then joins them as one ensemble, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced: trains fast, then telephone, then joins them as one ensemble, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), distilled (fast on telephone's data, also trained to reproduce balanced's cosines, ~75 min), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,

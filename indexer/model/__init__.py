@@ -2,8 +2,9 @@
 
 ``load_model('balanced')`` (the default) loads the shipped ``fast`` and ``telephone`` networks run as
 one ensemble, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
-trained for archives of 8 kHz calls, ``'accurate'`` the distillmos-front-end model when it is
-shipped, and any other value is a checkpoint path. Nothing is downloaded.
+trained for archives of 8 kHz calls, ``'distilled'`` the fast network trained to reproduce
+``balanced``'s cosines, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
+other value is a checkpoint path. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batc
 from indexer.records import FrameOutput
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"balanced": WEIGHTS_DIR / "balanced.pt", "fast": WEIGHTS_DIR / "fast.pt", "telephone": WEIGHTS_DIR / "telephone.pt", "accurate": WEIGHTS_DIR / "accurate.pt"}
+SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in ("balanced", "fast", "telephone", "distilled", "accurate")}
 MIN_SECONDS = 0.1
 # Long signals are cut into windows with context margins so memory stays bounded whatever the length.
 WINDOW_FRAMES = 1000  # 20 s
@@ -95,7 +96,7 @@ def shipped_name(model_id: str) -> str | None:
 
 
 def load_model(name_or_path: str = "balanced") -> FrameModel:
-    """Load a shipped model by name ('balanced', 'fast', 'telephone', 'accurate') or a checkpoint file; never downloads."""
+    """Load a shipped model by name (a key of ``SHIPPED``) or a checkpoint file; never downloads."""
     from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
 
     path = SHIPPED.get(name_or_path, Path(name_or_path))
