@@ -349,8 +349,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
 
 def teacher_embeddings(teacher: str, audio: np.ndarray, frames: int, console: Console, batch: int = 32) -> np.ndarray:
     """The ``teacher`` model's (N, frames, D) frame embeddings of the training clips, float16,
-    computed once before training (the clips as stored, without the per-step gain and EQ: the
-    student learns to ignore those)."""
+    computed once before training: the clips as the recipe loads them (band-limited where it
+    band-limits them), without the per-step gain and EQ, which the student learns to ignore."""
     from indexer.model import load_model
 
     model = load_model(teacher)
