@@ -95,17 +95,24 @@ def shipped_name(model_id: str) -> str | None:
     return next((name for name, path in SHIPPED.items() if path.is_file() and file_model_id(path) == model_id), None)
 
 
-def load_model(name_or_path: str = "balanced") -> FrameModel:
-    """Load a shipped model by name (a key of ``SHIPPED``) or a checkpoint file; never downloads."""
-    from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
-
-    path = SHIPPED.get(name_or_path, Path(name_or_path))
-    if name_or_path in SHIPPED and not path.is_file():
+def model_path(name_or_path: str | Path) -> Path:
+    """The checkpoint file of a shipped model name (a key of ``SHIPPED``) or of a path; a shipped
+    name whose file is not installed is a :class:`ModelError` that says how to get it."""
+    path = SHIPPED.get(str(name_or_path), Path(name_or_path))
+    if str(name_or_path) in SHIPPED and not path.is_file():
         raise ModelError(
             f"the shipped '{name_or_path}' model is not installed at {path}",
             f"reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset "
             f"{'default' if name_or_path == 'balanced' else name_or_path} --data data/shards --out {path}",
         )
+    return path
+
+
+def load_model(name_or_path: str = "balanced") -> FrameModel:
+    """Load a shipped model by name (a key of ``SHIPPED``) or a checkpoint file; never downloads."""
+    from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
+
+    path = model_path(name_or_path)
     ckpt = read_checkpoint(path)
     meta = ckpt["meta"]
     return FrameModel(
@@ -118,4 +125,4 @@ def load_model(name_or_path: str = "balanced") -> FrameModel:
     )
 
 
-__all__ = ["FrameModel", "load_model", "shipped_name", "FRAME_RATE"]
+__all__ = ["FrameModel", "load_model", "model_path", "shipped_name", "FRAME_RATE"]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from indexer.errors import ModelError
-from indexer.model import SHIPPED
+from indexer.model import model_path
 from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.ensemble import EnsembleNetwork
 from indexer.model.network import FrameNetwork
@@ -27,7 +27,7 @@ def combine(members: list[str | Path], data_dir: str | Path, out: str | Path, *,
     """Write an ensemble of ``members`` (shipped names or checkpoint files, two or more) to ``out``,
     calibrated on the shards under ``data_dir``; returns the summary also written to ``out``.json."""
     data, out = Path(data_dir), Path(out)
-    paths = [SHIPPED.get(str(m), Path(m)) for m in members]
+    paths = [model_path(m) for m in members]
     checkpoints = [read_checkpoint(p) for p in paths]
     nets = [network_from_checkpoint(c) for c in checkpoints]
     for path, net in zip(paths, nets):

@@ -287,8 +287,9 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
                 seed: int = 0, max_examples: int = 0, fewer_ok: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """Concatenate the shards of ``out_dir`` in order and return (arrays, classes): all of them, or
     the first ``max_examples`` examples (shard i is seeded by (seed, i), so a larger set built with
-    the same seed starts with the smaller one; fewer are an error unless ``fewer_ok``). With ``narrowband_8khz`` the narrowband clips, and
-    ``wideband_8khz_share`` of the wideband ones, are band-limited (:func:`band_limit_narrowband`)."""
+    the same seed starts with the smaller one; fewer are an error unless ``fewer_ok``). With
+    ``narrowband_8khz`` the narrowband clips, and ``wideband_8khz_share`` of the wideband ones, are
+    band-limited (:func:`band_limit_narrowband`)."""
     if wideband_8khz_share and not narrowband_8khz:
         raise ConfigError("a wideband band-limited share needs the narrowband clips band-limited too",
                           "add --narrowband-8khz, or drop --wideband-8khz-share")
