@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from indexer.settings import get_settings
+from indexer.settings import DEFAULT_MODEL, get_settings
 from indexer.training.benchmark import make_benchmark
 from retrieval.benchmark_eval import evaluate_benchmark
 from retrieval.report import KEYS, format_metric, write_report
@@ -36,7 +36,7 @@ def _row(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default balanced, the shipped default)")
+    parser.add_argument("--model", action="append", help="balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default: the shipped default)")
     parser.add_argument("--data-dir", default="data/train", help="corpus from `degsearch prepare-data`")
     parser.add_argument("--bench-dir", default="data/bench", help="where the benchmarks are built (kept for reuse)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")
@@ -50,7 +50,7 @@ def main() -> None:
     columns = [f"{key} ({unit})" if unit else key for key, unit, _ in KEYS] + ["single-degradation prototype_accuracy (%)"]
     print("| model | benchmark | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 2))
-    for model in args.model or ["balanced"]:
+    for model in args.model or [DEFAULT_MODEL]:
         settings = get_settings(model=model)
         for name, *_ in BENCHMARKS:
             result = evaluate_benchmark(Path(args.bench_dir) / name, model=model, settings=settings, baselines=False)

@@ -299,6 +299,25 @@ def test_an_ensemble_recipe_trains_each_member_then_joins_them_calibrated_and_re
     assert (tmp_path / "log.txt").read_text().count("kept") == 2
 
 
+def test_an_ensemble_recipe_with_a_distilled_member_builds_its_teacher_first_and_trains_each_network_once(shard_root, tmp_path, monkeypatch):
+    tiny = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                   network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
+    monkeypatch.setitem(PRESETS, "tiny_long", replace(tiny, network={**tiny.network, "dilations": [1, 2, 4]}))
+    monkeypatch.setitem(PRESETS, "tiny_pair", TrainConfig(members=["tiny", "tiny_long"]))
+    monkeypatch.setitem(PRESETS, "tiny_student", replace(tiny, distill_from="tiny_pair"))
+    out = tmp_path / "chain.pt"
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    summary = train(shard_root, out, TrainConfig(members=["tiny_student", "tiny_long"], threads=1), console=console)
+    console.file.close()
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("tiny_long: training") == 1  # the teacher's member is the ensemble's member too
+    assert log.index("tiny_pair: combining") < log.index("tiny_student: training")
+    student = read_checkpoint(member_path(out, "tiny_student"))["meta"]["recipe"]["train_config"]
+    assert student["distill_from"] == str(member_path(out, "tiny_pair"))  # the teacher just built, not a shipped one
+    assert summary["members"] == [file_model_id(member_path(out, "tiny_student")), file_model_id(member_path(out, "tiny_long"))]
+
+
 def test_combine_refuses_an_ensemble_as_a_member_and_an_ensemble_recipe_takes_no_recipe_flags(shard_root, tmp_path):
     from typer.testing import CliRunner
 

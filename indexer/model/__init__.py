@@ -18,6 +18,7 @@ from indexer.errors import ModelError
 from indexer.model.ensemble import EnsembleNetwork, fold_ensemble
 from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batchnorm, n_frames
 from indexer.records import FrameOutput
+from indexer.settings import DEFAULT_MODEL
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in ("balanced", "fast", "telephone", "distilled", "accurate")}
@@ -103,12 +104,12 @@ def model_path(name_or_path: str | Path) -> Path:
         raise ModelError(
             f"the shipped '{name_or_path}' model is not installed at {path}",
             f"reinstall degsearch, or train it: degsearch prepare-data data && degsearch train --preset "
-            f"{'default' if name_or_path == 'balanced' else name_or_path} --data data/shards --out {path}",
+            f"{name_or_path} --data data/shards --out {path}",
         )
     return path
 
 
-def load_model(name_or_path: str = "balanced") -> FrameModel:
+def load_model(name_or_path: str = DEFAULT_MODEL) -> FrameModel:
     """Load a shipped model by name (a key of ``SHIPPED``) or a checkpoint file; never downloads."""
     from indexer.model.checkpoint import file_model_id, network_from_checkpoint, read_checkpoint
 

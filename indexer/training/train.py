@@ -370,18 +370,34 @@ def member_path(out: Path, name: str) -> Path:
 
 
 def train_ensemble(data: Path, out: Path, cfg: TrainConfig, *, resume: bool, console: Console) -> dict:
-    """Train each member preset of ``cfg`` in turn (with its seed and threads), then combine them.
+    """Build each member preset of ``cfg`` (with its seed and threads), then combine them.
 
-    With ``resume`` a member whose checkpoint is already written is kept, and an interrupted one
-    continues from its state file, so a long recipe can be run in several sittings."""
-    paths = []
-    for name in cfg.members:
+    A member taught by another preset (``distill_from`` naming one) gets that preset built first,
+    in the same place, so the whole chain is trained from the shards alone and a model both
+    needs (a teacher's member and a member of ``cfg``) is trained once. With ``resume`` a model
+    whose checkpoint is already written is kept, and an interrupted one continues from its state
+    file, so a long recipe can be run in several sittings."""
+    built: dict[str, Path] = {}
+
+    def build(name: str) -> Path:
+        if name in built:
+            return built[name]
         path = member_path(out, name)
+        preset = replace(PRESETS[name], seed=cfg.seed, threads=cfg.threads)
         if resume and path.with_suffix(".json").is_file():
-            console.print(f"member {name}: kept {path}")
+            console.print(f"{name}: kept {path}")
+        elif preset.members:
+            paths = [build(member) for member in preset.members]
+            console.print(f"{name}: combining {len(paths)} members into {path}")
+            combine(paths, data, path)
         else:
-            console.print(f"member {name}: training to {path}")
-            train(data, path, replace(PRESETS[name], seed=cfg.seed, threads=cfg.threads), resume=resume, console=console)
-        paths.append(path)
+            if preset.distill_from in PRESETS:
+                preset = replace(preset, distill_from=str(build(preset.distill_from)))
+            console.print(f"{name}: training to {path}")
+            train(data, path, preset, resume=resume, console=console)
+        built[name] = path
+        return path
+
+    paths = [build(name) for name in cfg.members]
     console.print(f"combining {len(paths)} members into {out}")
     return combine(paths, data, out)
