@@ -30,13 +30,13 @@ $(VENV)/.installed: pyproject.toml
 train-deps:
 	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$$(tr '\n' ' ' < indexer/training/SYSTEM_PACKAGES.txt)"
 
-# Reproduces the shipped models' recipes (see MODEL_CARD.md): corpus + shards, then `fast` and
-# `telephone` joined as `balanced`, then `distilled` taught by it (~215 min on 2 cores; --resume
-# continues an interrupted run).
+# Reproduces the shipped models' recipes (see MODEL_CARD.md): corpus + shards, then the default
+# `balanced-2`: `fast` and `telephone`, joined as `balanced`, `distilled` taught by it, then
+# `distilled` and `telephone` joined, each written as data/models/balanced-2.NAME.pt (~215 min on
+# 2 cores; --resume keeps what is finished and continues an interrupted run).
 train: setup train-deps
 	$(BIN)/degsearch prepare-data data/train --shards 18000 --val-shards 500
-	$(BIN)/degsearch train --preset default --resume --data data/train/shards --out data/models/balanced.pt
-	$(BIN)/degsearch train --preset distilled --resume --distill-from data/models/balanced.pt --data data/train/shards --out data/models/distilled.pt
+	$(BIN)/degsearch train --preset default --resume --data data/train/shards --out data/models/balanced-2.pt
 
 demo: setup
 	$(BIN)/degsearch demo

@@ -36,7 +36,7 @@ def _row(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default: the shipped default)")
+    parser.add_argument("--model", action="append", help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default: the shipped default)")
     parser.add_argument("--data-dir", default="data/train", help="corpus from `degsearch prepare-data`")
     parser.add_argument("--bench-dir", default="data/bench", help="where the benchmarks are built (kept for reuse)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 # The shipped model used when none is named (indexer.model.SHIPPED; MODEL_CARD.md says why this one).
-DEFAULT_MODEL = "balanced"
+DEFAULT_MODEL = "balanced-2"
 # FAISS search-time parameters (faiss.ParameterSpace names) that ``faiss_params`` may set.
 FAISS_SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor_rf", "k_factor", "ht", "max_codes", "quantizer_efSearch")
 
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     )
 
     # --- model and detection ---------------------------------------------------------------
-    model: str = Field(DEFAULT_MODEL, description="'balanced' (fast + telephone as one ensemble), 'fast', 'telephone', 'distilled', 'accurate', or a path to a checkpoint file.")
+    model: str = Field(DEFAULT_MODEL, description="'balanced-2' (distilled + telephone as one ensemble), 'balanced' (fast + telephone), 'fast', 'telephone', 'distilled', 'accurate', or a path to a checkpoint file.")
     threshold: float | None = Field(None, description="Detection threshold on 1 - cosine; default: the model's calibrated one.")
     clean_quantile: float = Field(
         0.98, gt=0.5, lt=1.0,

@@ -234,11 +234,20 @@ def test_an_ensemble_embedding_is_unit_length_its_cosine_the_members_mean_and_it
         EnsembleNetwork(nets[:1])
 
 
-def test_the_shipped_balanced_model_is_the_shipped_fast_and_telephone_networks_together(network_off):
-    balanced, fast, telephone = load_model("balanced"), load_model("fast"), load_model("telephone")
-    assert [m["model_id"] for m in balanced.meta["recipe"]["ensemble_of"]] == [fast.model_id, telephone.model_id]
-    assert set(balanced.enrollments) == {"wideband", "narrowband"} and 0 < balanced.threshold < 2
+@pytest.mark.parametrize("name, members", [("balanced-2", ["distilled", "telephone"]), ("balanced", ["fast", "telephone"])])
+def test_a_shipped_ensemble_is_its_presets_shipped_member_networks_together(network_off, name, members):
+    ensemble, parts = load_model(name), [load_model(m) for m in members]
+    assert PRESETS[name].members == members
+    assert [m["model_id"] for m in ensemble.meta["recipe"]["ensemble_of"]] == [p.model_id for p in parts]
+    assert set(ensemble.enrollments) == {"wideband", "narrowband"} and 0 < ensemble.threshold < 2
     x = voice(0.5)
-    both = np.concatenate([fast.embed(x).embeddings, telephone.embed(x).embeddings], axis=1) / math.sqrt(2)
-    assert np.allclose(balanced.embed(x).embeddings, both, atol=1e-5)
-    assert PRESETS["default"].members == ["fast", "telephone"]
+    both = np.concatenate([p.embed(x).embeddings for p in parts], axis=1) / math.sqrt(len(parts))
+    assert np.allclose(ensemble.embed(x).embeddings, both, atol=1e-5)
+
+
+def test_the_default_model_is_a_shipped_model_and_the_default_preset_its_recipe():
+    from indexer.model import SHIPPED
+    from indexer.settings import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL in SHIPPED and load_model().name == DEFAULT_MODEL
+    assert PRESETS["default"] is PRESETS[DEFAULT_MODEL]

@@ -235,12 +235,12 @@ def test_a_store_indexed_with_a_shipped_model_keeps_it_when_no_model_is_asked_fo
     import indexer.model as im
     from indexer.model.checkpoint import file_model_id
     from indexer.pipeline import model_spec
-    from indexer.settings import get_settings
+    from indexer.settings import DEFAULT_MODEL, get_settings
 
     monkeypatch.setitem(im.SHIPPED, "fast", ix_checkpoint)  # the untrained checkpoint plays the shipped 'fast'
     monkeypatch.delenv("DEGSEARCH_MODEL", raising=False)
     store_dir = tmp_path / "store"
-    assert model_spec(get_settings(store_dir=store_dir)) == "balanced"  # a new store gets the default
+    assert model_spec(get_settings(store_dir=store_dir)) == DEFAULT_MODEL  # a new store gets the default
     calls = ix_archive(tmp_path / "archive", n=2, seconds=2.0)
     assert index_archive([str(calls[0])], get_settings(store_dir=store_dir, model="fast"), progress=False).failed == 0
     assert model_spec(get_settings(store_dir=store_dir)) == "fast"  # indexed before the default changed: kept

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), files, glob patterns or CSV/JSONL manifests (column 'path').")],
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Decode+inference worker processes (default 1).")] = None,
         engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data, for clusters).")] = "local",
         retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry files that failed in earlier runs.")] = False,
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         clips: Annotated[list[Path], typer.Argument(help="Clean recordings of the archive's kind (same channel type, same codec).")],
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
     ) -> None:
         """Set this store's clean enrollment and detection threshold from clean clips of your own lines.
 

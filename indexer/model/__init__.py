@@ -1,7 +1,8 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('balanced')`` (the default) loads the shipped ``fast`` and ``telephone`` networks run as
-one ensemble, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
+``load_model('balanced-2')`` (the default) loads the shipped ``distilled`` and ``telephone`` networks
+run as one ensemble, ``'balanced'`` the ``fast`` and ``telephone`` networks as one (the default
+before it), ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
 trained for archives of 8 kHz calls, ``'distilled'`` the fast network trained to reproduce
 ``balanced``'s cosines, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
 other value is a checkpoint path. Nothing is downloaded.
@@ -21,7 +22,7 @@ from indexer.records import FrameOutput
 from indexer.settings import DEFAULT_MODEL
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in ("balanced", "fast", "telephone", "distilled", "accurate")}
+SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in ("balanced-2", "balanced", "fast", "telephone", "distilled", "accurate")}
 MIN_SECONDS = 0.1
 # Long signals are cut into windows with context margins so memory stays bounded whatever the length.
 WINDOW_FRAMES = 1000  # 20 s
