@@ -120,7 +120,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> FrameModel:
     return FrameModel(
         network_from_checkpoint(ckpt),
         model_id=file_model_id(path),
-        name=meta.get("name", Path(path).stem),
+        # A shipped model goes by its shipped name, not the name of the training run that made it.
+        name=str(name_or_path) if str(name_or_path) in SHIPPED else meta.get("name", Path(path).stem),
         threshold=meta["threshold"],
         enrollments=meta["enrollments"],
         meta=meta,
