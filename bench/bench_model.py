@@ -55,7 +55,7 @@ def main() -> None:
         for name, *_ in BENCHMARKS:
             result = evaluate_benchmark(Path(args.bench_dir) / name, model=model, settings=settings, baselines=False)
             write_report(result, Path(args.out) / f"{result.report['model']['id']}-{name}" / "report.json")
-            print(f"| {model} ({result.report['model']['id']}) | {name} | " + " | ".join(_row(result.report)) + " |",
+            print(f"| {model} ({result.report['model']['id']}) | {name} ({result.report['benchmark']['fingerprint']}) | " + " | ".join(_row(result.report)) + " |",
                   flush=True)
 
 

@@ -23,6 +23,7 @@ Nothing depends on label names: labels are whatever strings the manifest carries
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -110,6 +111,20 @@ def read_manifest(bench_dir: str | Path) -> list[BenchmarkFile]:
     if not any(f.split == "test" for f in files):
         raise EvaluationError(f"{path}: no test files", "put the files to score in split 'test'")
     return files
+
+
+def benchmark_fingerprint(bench_dir: str | Path, files: list[BenchmarkFile]) -> str:
+    """16 hex digits of SHA-256 over ``manifest.jsonl`` and each file's audio bytes, in manifest order.
+
+    Two reports with the same fingerprint scored the same audio and labels. A benchmark rebuilt with
+    the same command and seed can still differ (other codec or sox builds, another catalog
+    version), and its figures then are not comparable: the fingerprint shows it."""
+    digest = hashlib.sha256((Path(bench_dir) / "manifest.jsonl").read_bytes())
+    for f in files:
+        with f.audio.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def version_string() -> str:
@@ -439,7 +454,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
         "model": {"id": frame_model.model_id, "name": frame_model.name, "spec": model_spec,
                   "frame_rate": float(frame_model.frame_rate), "dim": int(frame_model.dim),
                   "threshold": float(settings.threshold if settings.threshold is not None else frame_model.threshold)},
-        "benchmark": {"path": str(bench.resolve()), **size(data), "test": size(test), "enroll": size(enroll),
+        "benchmark": {"path": str(bench.resolve()), "fingerprint": benchmark_fingerprint(bench, files), **size(data), "test": size(test), "enroll": size(enroll),
                       "test_labels": sorted(set(test_labels)), "enrollment": enrollment_source,
                       "hop_s": hop_s},
     }

@@ -69,7 +69,7 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         "",
         f"- version: {report.get('version')}",
         f"- model: `{model.get('name')}` id `{model.get('id')}` ({model.get('frame_rate')} frames/s, threshold {_fmt(model.get('threshold'))})",
-        f"- benchmark: `{bench.get('path')}`: {bench.get('files')} files, {_fmt(bench.get('seconds'), 1)} s, "
+        f"- benchmark: `{bench.get('path')}` (fingerprint `{bench.get('fingerprint')}`): {bench.get('files')} files, {_fmt(bench.get('seconds'), 1)} s, "
         f"{bench.get('events')} events, {bench.get('labels')} labels "
         f"(test: {bench.get('test', {}).get('files')} files, {_fmt(bench.get('test', {}).get('seconds'), 1)} s, "
         f"{bench.get('test', {}).get('events')} events, {bench.get('test', {}).get('labels')} labels)",

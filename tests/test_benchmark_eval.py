@@ -115,7 +115,22 @@ def test_report_describes_model_benchmark_and_version(evaluated):
     assert bench["test"] == {"files": 3, "seconds": pytest.approx(10.5, abs=0.05), "events": 5, "labels": 3}
     assert bench["seconds"] == pytest.approx(17.5, abs=0.1)
     assert "evaluation" in rep["version"]
+    assert len(bench["fingerprint"]) == 16
     assert bench["enrollment"].startswith("1 clean")
+
+
+def test_benchmark_fingerprint_tells_identical_benchmarks_from_changed_audio(tmp_path):
+    from retrieval.benchmark_eval import benchmark_fingerprint, read_manifest
+
+    a = _write_benchmark(tmp_path / "a")
+    b = _write_benchmark(tmp_path / "b")
+    fp = benchmark_fingerprint(a, read_manifest(a))
+    assert fp == benchmark_fingerprint(b, read_manifest(b)) and len(fp) == 16
+    files = read_manifest(b)
+    data = bytearray(files[-1].audio.read_bytes())
+    data[-1] ^= 1
+    files[-1].audio.write_bytes(bytes(data))
+    assert benchmark_fingerprint(b, files) != fp
 
 
 def test_per_label_uses_the_benchmark_labels(evaluated):
