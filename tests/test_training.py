@@ -231,6 +231,25 @@ def test_train_with_ema_validates_and_saves_the_averaged_weights_and_resumes_the
     assert int(torch.load(out.with_suffix(".state.pt"), weights_only=False)["ema"]["n_averaged"]) == 3
 
 
+def test_fine_tuning_starts_from_the_given_networks_weights_and_refuses_another_architecture(shard_root, tmp_path):
+    tiny = {"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]}
+    cfg = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64, network=tiny)
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    base, tuned = tmp_path / "base.pt", tmp_path / "tuned.pt"
+    train(shard_root, base, cfg, console=console)
+    # At learning rate 0 the run keeps the weights it started from; another seed would start elsewhere.
+    train(shard_root, tuned, replace(cfg, init_from=str(base), lr=0.0, max_steps=1, eval_every=1, seed=1), console=console)
+    before = network_from_checkpoint(read_checkpoint(base)).state_dict()
+    after = network_from_checkpoint(read_checkpoint(tuned)).state_dict()
+    weights = [k for k in before if k.endswith("weight") and before[k].ndim > 1]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)
+    assert read_checkpoint(tuned)["meta"]["recipe"]["train_config"]["init_from"] == str(base)
+    with pytest.raises(ModelError, match="differs from this recipe's in dilations"):
+        train(shard_root, tmp_path / "other.pt", replace(cfg, init_from=str(base), network={**tiny, "dilations": [1, 2, 4]}),
+              console=console)
+    console.file.close()
+
+
 def test_train_command_builds_the_network_its_width_and_context_flags_ask_for(shard_root, tmp_path):
     from typer.testing import CliRunner
 

@@ -18,10 +18,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from indexer.errors import ConfigError
+from indexer.errors import ConfigError, ModelError
 from indexer.features import log_mel
-from indexer.model import MARGIN_FRAMES
-from indexer.model.checkpoint import save_checkpoint
+from indexer.model import MARGIN_FRAMES, model_path
+from indexer.model.checkpoint import FORMAT, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer, model_embedder
@@ -91,6 +91,9 @@ class TrainConfig:
     # clip are computed once, and the weight of losses.relation_distill_loss toward them; "": off.
     distill_from: str = ""
     distill_weight: float = 10.0
+    # Fine-tuning: a trained single network (name or checkpoint) of this recipe's architecture whose
+    # weights the run starts from instead of a random initialisation; "": from scratch.
+    init_from: str = ""
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -271,6 +274,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             ema.load_state_dict(state["ema"])
         step, best, history, elapsed0 = state["step"], state["best"], state["history"], state["elapsed"]
         console.print(f"resumed at step {step} (best held-out real validation error {best:.2f} %)")
+    elif cfg.init_from:
+        init_weights(net, cfg.init_from)
+        console.print(f"starting from the weights of {cfg.init_from}")
     budget = cfg.minutes * 60
     n = len(train_arrays["audio"])
     audio_t = torch.from_numpy(train_arrays["audio"])
@@ -338,7 +344,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 torch.save({"net": net.state_dict(), "class_vectors": class_vectors.detach(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0,
                             **({"ema": ema.state_dict()} if ema is not None else {})}, state_path)
-    from indexer.model.checkpoint import network_from_checkpoint, read_checkpoint
+    from indexer.model.checkpoint import network_from_checkpoint
 
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
     # The cache still describes the best network's encoder if the run never unfroze it. (Its training
@@ -350,6 +356,19 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                "threshold": calib["threshold"], **calib["validation"]}
     (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def init_weights(net: FrameNetwork, model: str) -> None:
+    """Load the weights of ``model`` (a shipped name or checkpoint file of one network) into ``net``,
+    which must have the same architecture: the start of a fine-tuning run."""
+    ckpt = read_checkpoint(model_path(model))
+    if ckpt["format"] != FORMAT:
+        raise ModelError(f"{model} is an ensemble", "start from one of its member networks")
+    if ckpt["config"] != net.cfg.to_dict():
+        diff = sorted(k for k in set(ckpt["config"]) | set(net.cfg.to_dict()) if ckpt["config"].get(k) != net.cfg.to_dict().get(k))
+        raise ModelError(f"{model}'s network differs from this recipe's in {', '.join(diff)}",
+                         "start from a model trained with the same architecture (encoder, dilations, channels, hidden)")
+    net.load_state_dict(ckpt["state_dict"])
 
 
 def teacher_embeddings(teacher: str, audio: np.ndarray, frames: int, console: Console, batch: int = 32) -> np.ndarray:
