@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from indexer.errors import ConfigError, ModelError
 from indexer.features import log_mel
 from indexer.model import MARGIN_FRAMES, model_path
-from indexer.model.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from indexer.model.checkpoint import FORMAT, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.augment import channel_augment, noise_floor
 from indexer.training.calibrate import calibrate, frame_eer, model_embedder
@@ -344,8 +344,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 torch.save({"net": net.state_dict(), "class_vectors": class_vectors.detach(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0,
                             **({"ema": ema.state_dict()} if ema is not None else {})}, state_path)
-    from indexer.model.checkpoint import network_from_checkpoint
-
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
     # The cache still describes the best network's encoder if the run never unfroze it. (Its training
     # clips are cached without the zero margins embed() adds: the enrollment means differ only at clip edges.)
