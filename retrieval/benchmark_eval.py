@@ -114,16 +114,17 @@ def read_manifest(bench_dir: str | Path) -> list[BenchmarkFile]:
 
 
 def benchmark_fingerprint(bench_dir: str | Path, files: list[BenchmarkFile]) -> str:
-    """16 hex digits of SHA-256 over ``manifest.jsonl`` and each file's audio bytes, in manifest order.
+    """16 hex digits of SHA-256 over ``manifest.jsonl`` and each audio file's content hash (the
+    indexer's, :func:`indexer.audio.content_hash`), in manifest order.
 
     Two reports with the same fingerprint scored the same audio and labels. A benchmark rebuilt with
     the same command and seed can still differ (other codec or sox builds, another catalog
     version), and its figures then are not comparable: the fingerprint shows it."""
+    from indexer.audio import content_hash
+
     digest = hashlib.sha256((Path(bench_dir) / "manifest.jsonl").read_bytes())
     for f in files:
-        with f.audio.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(content_hash(f.audio).encode())
     return digest.hexdigest()[:16]
 
 

@@ -362,8 +362,9 @@ def init_weights(net: FrameNetwork, model: str) -> None:
     ckpt = read_checkpoint(model_path(model))
     if ckpt["format"] != FORMAT:
         raise ModelError(f"{model} is an ensemble", "start from one of its member networks")
-    if ckpt["config"] != net.cfg.to_dict():
-        diff = sorted(k for k in set(ckpt["config"]) | set(net.cfg.to_dict()) if ckpt["config"].get(k) != net.cfg.to_dict().get(k))
+    have, want = ckpt["config"], net.cfg.to_dict()
+    if have != want:
+        diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
         raise ModelError(f"{model}'s network differs from this recipe's in {', '.join(diff)}",
                          "start from a model trained with the same architecture (encoder, dilations, channels, hidden)")
     net.load_state_dict(ckpt["state_dict"])
