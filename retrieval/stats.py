@@ -194,6 +194,16 @@ def _pyplot():
     return plt
 
 
+def _save_png(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib figure
+    """Write ``fig`` to ``path`` (parent folders made), close it and return the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_stats(store: Store, path: str | Path, *, group: str = "label", max_groups: int = 20) -> Path:
     """PNG: degraded seconds per group (bars, with the share of analysed audio) and the MOS
     distribution of each group's segments (box plots). The ``max_groups`` largest groups are shown."""
@@ -222,12 +232,7 @@ def plot_stats(store: Store, path: str | Path, *, group: str = "label", max_grou
     ax2.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
     ax2.set_ylabel("segment MOS")
     ax2.set_title(f"MOS per {group}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def plot_map(store: Store, path: str | Path, *, max_points: int = 3000, seed: int = 0) -> Path:
@@ -265,9 +270,4 @@ def plot_map(store: Store, path: str | Path, *, max_points: int = 3000, seed: in
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
