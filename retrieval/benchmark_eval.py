@@ -7,7 +7,8 @@
    frame of the enroll split's ``clean: true`` files (the model's own enrollment only if there is
    none); frame score = ``1 - cosine(frame, enrollment)``; frame targets from the events at the
    model's frame rate -> ``frame_eer``, ``frame_min_dcf``, ``i_auc`` (and ``mos_i_auc`` with
-   ``5 - MOS``);
+   ``5 - MOS``); where manifest lines name a ``speaker``, ``per_speaker`` (each test speaker's
+   frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold);
 3. oracle segments = the events, embedded as the normalised mean of their frames; prototypes =
    per-label means of the enroll split's oracle segments -> ``verification_eer``,
    ``prototype_accuracy``, ``ari`` on the test split;
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from indexer.settings import Settings
 
 #: Bumped whenever a metric's definition or the report layout changes (reports carry it).
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: per_speaker
 SR = 16000
 #: Pairwise verification and clustering are O(n^2): larger test sets are subsampled (seeded).
 MAX_PAIRWISE_SEGMENTS = 3000
@@ -71,6 +72,7 @@ class BenchmarkFile:
     split: str
     clean: bool
     events: list[BenchmarkEvent]
+    speaker: str | None = None  # optional manifest field: reports then break frame detection down per speaker
 
 
 def read_manifest(bench_dir: str | Path) -> list[BenchmarkFile]:
@@ -107,7 +109,8 @@ def read_manifest(bench_dir: str | Path) -> list[BenchmarkFile]:
                 raise EvaluationError(f"{where}: event {e} has end <= start", "events need 0 <= start < end")
         if clean and events:
             raise EvaluationError(f"{where}: clean file with events", "set clean: false or drop the events")
-        files.append(BenchmarkFile(fid, audio, split, clean, sorted(events, key=lambda e: (e.start, e.end))))
+        speaker = None if row.get("speaker") is None else str(row["speaker"])
+        files.append(BenchmarkFile(fid, audio, split, clean, sorted(events, key=lambda e: (e.start, e.end)), speaker))
     if not any(f.split == "test" for f in files):
         raise EvaluationError(f"{path}: no test files", "put the files to score in split 'test'")
     return files
@@ -344,6 +347,8 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     }
     det_curves = {"model (1 - cos)": _subsample_det(*ev.det_curve(all_scores, all_targets)[:2]),
                   "model MOS": _subsample_det(*ev.det_curve(all_mos_scores, all_targets)[:2])}
+    if any(d.meta.speaker is not None for d in test):
+        report["per_speaker"] = _per_speaker(test, scores, targets, ev.eer_threshold(all_scores, all_targets))
     timings["frame_metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report["i_auc"] = ev.intersection_auc(scores, gt, durations, hops)
@@ -466,6 +471,28 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     ordered["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     ordered["notes"] = notes
     return EvaluationResult(report=_nan_to_none(ordered), det_curves=det_curves, confusion=confusion, embedding_map=embedding_map)
+
+
+def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+                 threshold: float) -> dict[str, dict[str, float]]:
+    """Frame detection per test speaker (files without one count as "unknown"): the frame EER of
+    their frames alone, and at the pooled EER ``threshold`` the share (%) of their clean frames
+    flagged and of their degraded frames missed. One speaker whose clean speech sits far from the
+    enrollment can carry much of the pooled EER; this shows who."""
+    groups: dict[str, list[str]] = {}
+    for d in test:
+        groups.setdefault(d.meta.speaker if d.meta.speaker is not None else "unknown", []).append(d.meta.id)
+    out = {}
+    for speaker, ids in sorted(groups.items()):
+        s = np.concatenate([scores[i] for i in ids])
+        t = np.concatenate([targets[i] for i in ids]).astype(bool)
+        hop_s = next(d.hop_s for d in test if d.meta.id == ids[0])
+        out[speaker] = {"files": len(ids), "clean_s": round(float((~t).sum()) * hop_s, 1),
+                        "degraded_s": round(float(t.sum()) * hop_s, 1),
+                        "frame_eer": _pct(ev.equal_error_rate(s, t)),
+                        "clean_false_alarm": 100.0 * float((s[~t] >= threshold).mean()) if (~t).any() else math.nan,
+                        "miss": 100.0 * float((s[t] < threshold).mean()) if t.any() else math.nan}
+    return out
 
 
 def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,

@@ -100,6 +100,20 @@ def equal_error_rate(scores: np.ndarray | Sequence[float], targets: np.ndarray |
     return float(fpr[i - 1] + alpha * (fpr[i] - fpr[i - 1]))
 
 
+def eer_threshold(scores: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[bool]) -> float:
+    """The decision threshold ("degraded" when ``score >= thr``) of the first DET point where false
+    alarms reach misses: the operating point :func:`equal_error_rate` reports. ``nan`` when a class
+    is absent.
+
+    >>> eer_threshold([0.9, 0.8, 0.2, 0.1], [True, True, False, False])
+    0.8
+    """
+    fpr, fnr, thresholds = det_curve(scores, targets)
+    if np.isnan(fpr[0]):
+        return math.nan
+    return float(thresholds[int(np.argmax(fpr - fnr >= 0))])
+
+
 def min_dcf(scores: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[bool], *, p_target: float = 0.01,
             c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """Minimum normalised detection cost (NIST SRE definition) over all thresholds.

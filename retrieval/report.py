@@ -118,6 +118,16 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
                          f"{_fmt(v.get('prototype_accuracy'), 1)} | {_fmt(v.get('retrieval_p_at_10'))} | "
                          f"{_fmt(v.get('detection_recall'))} | {_fmt((dn_per.get(name) or {}).get('prototype_accuracy'), 1)} | "
                          f"{_fmt((lm_per.get(name) or {}).get('prototype_accuracy'), 1)} |")
+    speakers = report.get("per_speaker") or {}
+    if speakers:
+        lines += ["", "## Frame detection per test speaker (model)", "",
+                  "At the pooled frame-EER threshold: the share of each speaker's clean frames flagged and of "
+                  "their degraded frames missed.", "",
+                  "| speaker | files | clean s | degraded s | frame EER (%) | clean flagged (%) | degraded missed (%) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, v in speakers.items():
+            lines.append(f"| {name} | {v.get('files')} | {_fmt(v.get('clean_s'), 1)} | {_fmt(v.get('degraded_s'), 1)} | "
+                         f"{_fmt(v.get('frame_eer'), 2)} | {_fmt(v.get('clean_false_alarm'), 1)} | {_fmt(v.get('miss'), 1)} |")
     if images:
         lines += ["", "## Plots", ""]
         for title, key in (("DET curves of frame detection", "det"), ("Prototype assignment (row-normalised)", "confusion"),

@@ -42,21 +42,22 @@ def _degrade(x: np.ndarray, start: float, end: float, label: str, seed: int) -> 
 def _write_benchmark(root: Path) -> Path:
     bench = root / "bench"
     (bench / "audio").mkdir(parents=True)
-    plan = [  # (id, split, clean, seconds, events)
-        ("e-clean", "enroll", True, 3.0, []),
-        ("e-deg", "enroll", False, 4.0, [(0.5, 1.3, LABELS[0]), (1.8, 2.6, LABELS[1]), (3.0, 3.7, LABELS[2])]),
-        ("t-clean", "test", True, 2.5, []),
-        ("t-deg1", "test", False, 4.0, [(0.4, 1.2, LABELS[0]), (2.0, 2.9, LABELS[1])]),
-        ("t-deg2", "test", False, 4.0, [(0.6, 1.5, LABELS[1]), (2.2, 3.0, LABELS[2]), (3.2, 3.9, LABELS[0])]),
+    plan = [  # (id, split, clean, seconds, events, speaker)
+        ("e-clean", "enroll", True, 3.0, [], "spk-a"),
+        ("e-deg", "enroll", False, 4.0, [(0.5, 1.3, LABELS[0]), (1.8, 2.6, LABELS[1]), (3.0, 3.7, LABELS[2])], "spk-b"),
+        ("t-clean", "test", True, 2.5, [], "spk-a"),
+        ("t-deg1", "test", False, 4.0, [(0.4, 1.2, LABELS[0]), (2.0, 2.9, LABELS[1])], "spk-a"),
+        ("t-deg2", "test", False, 4.0, [(0.6, 1.5, LABELS[1]), (2.2, 3.0, LABELS[2]), (3.2, 3.9, LABELS[0])], "spk-b"),
     ]
     lines = []
-    for k, (fid, split, clean, seconds, events) in enumerate(plan):
+    for k, (fid, split, clean, seconds, events, speaker) in enumerate(plan):
         x = _speech(seconds, seed=k)
         for j, (s, e, lab) in enumerate(events):
             _degrade(x, s, e, lab, seed=10 * k + j)
         sf.write(bench / "audio" / f"{fid}.wav", np.clip(x, -1, 1), SR, subtype="PCM_16")
         lines.append(json.dumps({"id": fid, "audio": f"audio/{fid}.wav", "split": split, "clean": clean,
-                                 "events": [{"start": s, "end": e, "label": lab} for s, e, lab in events]}))
+                                 "events": [{"start": s, "end": e, "label": lab} for s, e, lab in events],
+                                 "speaker": speaker}))
     (bench / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return bench
 
@@ -131,6 +132,36 @@ def test_benchmark_fingerprint_tells_identical_benchmarks_from_changed_audio(tmp
     data[-1] ^= 1
     files[-1].audio.write_bytes(bytes(data))
     assert benchmark_fingerprint(b, files) != fp
+
+
+def test_per_speaker_breakdown_covers_each_test_speaker(evaluated):
+    rep, out_dir, _ = evaluated
+    per = rep["per_speaker"]
+    assert set(per) == {"spk-a", "spk-b"}
+    assert (per["spk-a"]["files"], per["spk-b"]["files"]) == (2, 1)
+    assert per["spk-a"]["clean_s"] + per["spk-a"]["degraded_s"] == pytest.approx(6.5, abs=0.1)
+    assert per["spk-b"]["degraded_s"] == pytest.approx(2.4, abs=0.1)
+    for v in per.values():
+        for key in ("frame_eer", "clean_false_alarm", "miss"):
+            assert 0.0 <= v[key] <= 100.0, key
+    assert "| spk-b | 1 |" in (out_dir / "report.md").read_text()
+
+
+def test_per_speaker_names_the_speaker_whose_clean_frames_read_degraded():
+    from retrieval.benchmark_eval import BenchmarkFile, _FileData, _per_speaker
+
+    def file(fid: str, speaker: str) -> _FileData:
+        meta = BenchmarkFile(fid, Path(f"{fid}.wav"), "test", False, [], speaker)
+        return _FileData(meta, 1.0, 16000, np.zeros((4, 2), np.float32), np.zeros(4, np.float32), 0.02,
+                         np.zeros((0, 2), np.float32), np.zeros(0, bool), [])
+
+    test = [file("a", "near"), file("b", "far")]
+    targets = {"a": np.array([0, 0, 1, 1], bool), "b": np.array([0, 0, 1, 1], bool)}
+    scores = {"a": np.array([0.1, 0.2, 0.8, 0.9]), "b": np.array([0.7, 0.75, 0.8, 0.9])}
+    per = _per_speaker(test, scores, targets, threshold=0.5)
+    assert per["near"]["clean_false_alarm"] == 0.0 and per["far"]["clean_false_alarm"] == 100.0
+    assert per["near"]["miss"] == per["far"]["miss"] == 0.0
+    assert per["far"]["frame_eer"] == 0.0  # alone, its own threshold still separates it
 
 
 def test_per_label_uses_the_benchmark_labels(evaluated):
