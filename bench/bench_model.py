@@ -7,8 +7,7 @@ prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, t
 held-out catalog, seeds 1-4. Then evaluates each ``--model`` on all four and prints one row per
 model and benchmark, then the share of each held-out speaker's clean frames flagged at the
 benchmark's frame-EER threshold (one speaker can carry much of the EER); each report is kept
-under ``--out``. Compare recipes with it, not with the
-training loss or TTS figures.
+under ``--out``. Compare recipes with it, not with the training loss or TTS figures.
 """
 
 from __future__ import annotations
