@@ -27,7 +27,7 @@ from indexer.detect import frame_scores
 from indexer.model import load_model
 from indexer.pipeline import enrollment_from_clips
 from indexer.settings import get_settings
-from indexer.training.calibrate import frame_eer
+from retrieval.evaluation import equal_error_rate
 
 
 def demo_frame_figures(model_name: str, out_dir: Path, smooth_frames: int, quantile: float) -> dict[str, float]:
@@ -52,7 +52,7 @@ def demo_frame_figures(model_name: str, out_dir: Path, smooth_frames: int, quant
     s, kind = np.concatenate(scores), np.concatenate(kinds)
     degraded = kind != "none"
     figures = {"threshold": enrollment.threshold, "reference_p50": float(np.quantile(ref, 0.5)),
-               "reference_p90": float(np.quantile(ref, 0.9)), "frame_eer": frame_eer(s, degraded),
+               "reference_p90": float(np.quantile(ref, 0.9)), "frame_eer": 100.0 * equal_error_rate(s, degraded),
                "false_alarm_%": 100.0 * float(np.mean(s[~degraded] > enrollment.threshold))}
     for k in DEGRADATIONS:
         figures[f"{k}_%"] = 100.0 * float(np.mean(s[kind == k] > enrollment.threshold))

@@ -36,6 +36,17 @@ def test_eer_of_known_overlap_is_the_crossing_rate():
     assert ev.equal_error_rate(scores, targets) == pytest.approx(0.25)
 
 
+def test_eer_threshold_is_where_false_alarms_and_misses_meet():
+    rng = np.random.default_rng(1)
+    targets = rng.random(20000) < 0.3
+    scores = rng.normal(size=20000) + 1.5 * targets
+    thr = ev.eer_threshold(scores, targets)
+    false_alarms, misses = (scores[~targets] >= thr).mean(), (scores[targets] < thr).mean()
+    assert false_alarms == pytest.approx(misses, abs=0.01)
+    assert false_alarms == pytest.approx(ev.equal_error_rate(scores, targets), abs=0.01)
+    assert math.isnan(ev.eer_threshold([0.1, 0.2], [True, True]))
+
+
 def test_random_scores_give_eer_near_half():
     rng = np.random.default_rng(0)
     scores = rng.random(20000)

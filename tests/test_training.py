@@ -15,7 +15,6 @@ from indexer.errors import ConfigError, ModelError
 from indexer.model import MARGIN_FRAMES, FrameModel, load_model
 from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, network_from_checkpoint, read_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.calibrate import eer_threshold, frame_eer
 from indexer.training.combine import combine
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards
@@ -62,15 +61,6 @@ def shard_root(tmp_path_factory) -> Path:
     write_shards(root / "val_real", 12, 1)
     write_shards(root / "val_heldout_catalog", 12, 2)
     return root
-
-
-def test_frame_eer_of_perfect_reversed_and_random_scores():
-    pos = np.r_[np.zeros(500, bool), np.ones(500, bool)]
-    scores = np.r_[np.zeros(500), np.ones(500)]
-    assert frame_eer(scores, pos) == 0.0
-    assert frame_eer(-scores, pos) == 100.0
-    assert abs(frame_eer(np.random.default_rng(0).random(1000), pos) - 50) < 6
-    assert 0.0 < eer_threshold(scores + 0.5 * (np.arange(1000) % 2), pos) <= 1.5
 
 
 def test_narrowband_clips_lose_everything_above_4khz_and_wideband_clips_stay():

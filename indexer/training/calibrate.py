@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from indexer.model import FrameModel
 from indexer.model.ensemble import EnsembleNetwork
 from indexer.model.network import FrameNetwork
 from indexer.training.frozen import ClipEmbed
-
-
-def frame_eer(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Equal error rate (%) of ``scores`` (higher = degraded) against boolean ``positive``."""
-    fpr, tpr, _ = roc_curve(positive, scores)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float(100 * (fpr[i] + fnr[i]) / 2)
-
-
-def eer_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The score threshold at the equal-error point."""
-    fpr, tpr, thr = roc_curve(positive, scores)
-    i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
-    return float(thr[i])
+from retrieval.evaluation import eer_threshold, equal_error_rate
 
 
 def model_embedder(net: FrameNetwork | EnsembleNetwork, sets: dict[str, dict[str, np.ndarray]]) -> ClipEmbed:
@@ -52,7 +37,7 @@ def calibrate(net: FrameNetwork | EnsembleNetwork, train: dict[str, np.ndarray],
         e = np.where(arrays["narrowband"][:, None, None], enroll["narrowband"], enroll["wideband"])
         scores = 1.0 - (emb * e).sum(-1)
         pos = arrays["frame_labels"][:, : emb.shape[1]] != 0
-        per_set[f"frame_eer_{name}"] = frame_eer(scores.ravel(), pos.ravel())
+        per_set[f"frame_eer_{name}"] = 100.0 * equal_error_rate(scores.ravel(), pos.ravel())
         all_scores.append(scores.ravel())
         all_pos.append(pos.ravel())
     threshold = eer_threshold(np.concatenate(all_scores), np.concatenate(all_pos))

@@ -24,12 +24,12 @@ from indexer.model import MARGIN_FRAMES, model_path
 from indexer.model.checkpoint import FORMAT, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.augment import channel_augment, noise_floor
-from indexer.training.calibrate import calibrate, frame_eer, model_embedder
+from indexer.training.calibrate import calibrate, model_embedder
 from indexer.training.combine import combine
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
 from indexer.training.losses import total_loss
 from indexer.training.shards import load_shards, load_val_sets
-from retrieval.evaluation import class_prototypes, prototype_accuracy
+from retrieval.evaluation import class_prototypes, equal_error_rate, prototype_accuracy
 
 
 @dataclass
@@ -203,7 +203,7 @@ def _first_quarter_eer(emb: np.ndarray, labels: np.ndarray) -> float:
     q = max(1, len(emb) // 4)
     enroll = emb[:q][labels[:q] == 0].mean(0)
     enroll /= np.linalg.norm(enroll)
-    return frame_eer((1.0 - emb[q:] @ enroll).ravel(), labels[q:].ravel() != 0)
+    return 100.0 * equal_error_rate((1.0 - emb[q:] @ enroll).ravel(), labels[q:].ravel() != 0)
 
 
 def validate(embed: ClipEmbed, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
