@@ -479,16 +479,16 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
     their frames alone, and at the pooled EER ``threshold`` the share (%) of their clean frames
     flagged and of their degraded frames missed. One speaker whose clean speech sits far from the
     enrollment can carry much of the pooled EER; this shows who."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[_FileData]] = {}
     for d in test:
-        groups.setdefault(d.meta.speaker if d.meta.speaker is not None else "unknown", []).append(d.meta.id)
+        groups.setdefault(d.meta.speaker if d.meta.speaker is not None else "unknown", []).append(d)
     out = {}
-    for speaker, ids in sorted(groups.items()):
-        s = np.concatenate([scores[i] for i in ids])
-        t = np.concatenate([targets[i] for i in ids]).astype(bool)
-        hop_s = next(d.hop_s for d in test if d.meta.id == ids[0])
-        out[speaker] = {"files": len(ids), "clean_s": round(float((~t).sum()) * hop_s, 1),
-                        "degraded_s": round(float(t.sum()) * hop_s, 1),
+    for speaker, files in sorted(groups.items()):
+        s = np.concatenate([scores[d.meta.id] for d in files])
+        t = np.concatenate([targets[d.meta.id] for d in files]).astype(bool)
+        degraded_s = sum(float(np.count_nonzero(targets[d.meta.id])) * d.hop_s for d in files)
+        total_s = sum(len(targets[d.meta.id]) * d.hop_s for d in files)
+        out[speaker] = {"files": len(files), "clean_s": round(total_s - degraded_s, 1), "degraded_s": round(degraded_s, 1),
                         "frame_eer": _pct(ev.equal_error_rate(s, t)),
                         "clean_false_alarm": 100.0 * float((s[~t] >= threshold).mean()) if (~t).any() else math.nan,
                         "miss": 100.0 * float((s[t] < threshold).mean()) if t.any() else math.nan}
