@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.losses import (cosine_class_loss, region_class_loss, relation_distill_loss, sample_frames, supcon_frames,
-                                     total_loss)
+from indexer.training.losses import (clean_ranking_loss, cosine_class_loss, region_class_loss, relation_distill_loss,
+                                     sample_frames, supcon_frames, total_loss)
 
 torch.set_num_threads(1)
 
@@ -149,3 +149,34 @@ def test_relation_distillation_is_zero_for_the_teacher_itself_and_positive_for_a
     student.requires_grad_(True)
     relation_distill_loss(student, teacher, idx).backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+def test_clean_ranking_loss_is_low_only_when_clean_frames_sit_nearer_the_clean_mean_than_degraded_ones():
+    labels = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 2, 2, 0]])
+    idx = torch.arange(10)
+    clean_dir, off = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    separated = torch.where((labels == 0)[..., None], clean_dir, F.normalize(clean_dir + 2 * off, dim=0))
+    # One degraded frame exactly on the clean direction and one clean frame off it: ranked wrong.
+    overlapping = separated.clone()
+    overlapping[0, 3] = clean_dir
+    overlapping[1, 0] = off
+    assert float(clean_ranking_loss(separated, labels, idx)) < 0.01
+    assert float(clean_ranking_loss(overlapping, labels, idx)) > 10 * float(clean_ranking_loss(separated, labels, idx))
+    assert float(clean_ranking_loss(separated, torch.zeros_like(labels), idx)) == 0.0  # no degraded frame: nothing to rank
+    emb = overlapping.clone().requires_grad_(True)
+    clean_ranking_loss(emb, labels, idx).backward()
+    assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
+
+
+def test_total_loss_adds_the_detection_term_only_when_weighted():
+    out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
+           "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
+           "mos": torch.full((2, 10), 3.0)}
+    labels = torch.zeros(2, 10, dtype=torch.long)
+    labels[0, 5:] = 1
+    mos = torch.full((2, 10), 3.0)
+    plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=40, generator=torch.Generator().manual_seed(0))
+    weighted, wparts = total_loss(out, labels, mos, mos.mean(1), n_frames=40, detect_weight=2.0,
+                                  generator=torch.Generator().manual_seed(0))
+    assert "detect_rank" not in parts and wparts["detect_rank"] > 0
+    assert float(weighted) == pytest.approx(float(plain) + 2.0 * wparts["detect_rank"], rel=1e-5)

@@ -355,3 +355,18 @@ def test_train_distils_a_teacher_model_into_the_student_and_records_the_term(sha
     history = read_checkpoint(tmp_path / "student.pt")["meta"]["history"]
     assert history[-1]["distill"] > 0
     assert "24 clips embedded" in (tmp_path / "log.txt").read_text()
+
+
+def test_train_command_weights_the_detection_term_and_records_it(shard_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    out = tmp_path / "m.pt"
+    args = ["train", "--preset", "smoke", "--data", str(shard_root), "--out", str(out), "--max-steps", "2", "--threads", "1",
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--detect-weight", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    meta = read_checkpoint(out)["meta"]
+    assert meta["recipe"]["train_config"]["detect_weight"] == 0.5
+    assert meta["history"][-1]["detect_rank"] > 0

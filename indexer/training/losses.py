@@ -2,7 +2,8 @@
 
 Optionally a cosine-classifier term on the indexed embedding (paper 002's degradation classifier):
 one learned unit vector per class, so every class is pulled to one place across utterances even
-when a batch holds no second clip of it.
+when a batch holds no second clip of it; and a detection term that ranks frames exactly as detection
+scores them (cosine to the mean clean frame).
 """
 
 from __future__ import annotations
@@ -85,14 +86,35 @@ def region_class_loss(emb: torch.Tensor, labels: torch.Tensor, class_vectors: to
     return _cosine_cross_entropy(pooled, labels.max(1).values[keep], class_vectors, scale)
 
 
+def clean_ranking_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, *, scale: float = 16.0) -> torch.Tensor:
+    """Pairwise ranking loss of detection's own score: every sampled clean frame should be nearer the
+    batch's clean enrollment than every sampled degraded frame.
+
+    ``emb`` (B, T, D) L2-normalised, ``labels`` (B, T), ``idx`` flattened frame indices. The
+    enrollment is the normalised mean of the sampled clean frames, as ``degsearch`` builds it from
+    clean clips; the loss is the mean over (clean, degraded) pairs of
+    ``softplus(scale * (cos(degraded, e) - cos(clean, e)))``, a smooth 1 - AUC of frame detection.
+    The contrastive and classifier terms separate classes; this one targets the threshold on a
+    single clean direction that detection and the frame EER use.
+    """
+    z = emb.reshape(-1, emb.shape[-1])[idx]
+    clean = labels.reshape(-1)[idx] == 0
+    if not clean.any() or clean.all():
+        return emb.sum() * 0.0
+    e = F.normalize(z[clean].mean(0), dim=0)
+    s = z @ e
+    return F.softplus(scale * (s[~clean][None, :] - s[clean][:, None])).mean()
+
+
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
                region_class_weight: float = 0.0, teacher_emb: torch.Tensor | None = None, distill_weight: float = 0.0,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               detect_weight: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames,
-    ``region_class_weight`` x the same on pooled regions and ``distill_weight`` x
-    :func:`relation_distill_loss` to ``teacher_emb``); returns the loss and its parts.
+    ``region_class_weight`` x the same on pooled regions, ``distill_weight`` x
+    :func:`relation_distill_loss` to ``teacher_emb`` and ``detect_weight`` x
+    :func:`clean_ranking_loss`); returns the loss and its parts.
 
     Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
     leaving clean-versus-degraded to the contrastive term.
@@ -113,6 +135,10 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
         region_ce = region_class_loss(out["emb"], frame_labels, class_vectors)
         loss = loss + region_class_weight * region_ce
         parts["region_ce"] = float(region_ce.detach())
+    if detect_weight > 0:
+        rank = clean_ranking_loss(out["emb"], frame_labels, idx)
+        loss = loss + detect_weight * rank
+        parts["detect_rank"] = float(rank.detach())
     if distill_weight > 0 and teacher_emb is not None:
         kd = relation_distill_loss(out["emb"], teacher_emb, idx)
         loss = loss + distill_weight * kd

@@ -94,6 +94,9 @@ class TrainConfig:
     # Fine-tuning: a trained single network (name or checkpoint) of this recipe's architecture whose
     # weights the run starts from instead of a random initialisation; "": from scratch.
     init_from: str = ""
+    # Weight of losses.clean_ranking_loss: clean frames ranked above degraded ones by the cosine to
+    # the batch's mean clean frame, the score detection thresholds; 0: off.
+    detect_weight: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -321,7 +324,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                                      class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
                                      region_class_weight=class_weight_at(cfg, step, cfg.region_class_weight),
                                      teacher_emb=teacher_t[idx] if teacher_t is not None else None,
-                                     distill_weight=cfg.distill_weight)
+                                     distill_weight=cfg.distill_weight, detect_weight=cfg.detect_weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
