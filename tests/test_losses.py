@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.losses import (clean_ranking_loss, cosine_class_loss, region_class_loss, relation_distill_loss,
-                                     sample_frames, supcon_frames, total_loss)
+                                     sample_frames, speaker_adversarial_loss, supcon_frames, total_loss)
 
 torch.set_num_threads(1)
 
@@ -180,3 +180,17 @@ def test_total_loss_adds_the_detection_term_only_when_weighted():
                                   generator=torch.Generator().manual_seed(0))
     assert "detect_rank" not in parts and wparts["detect_rank"] > 0
     assert float(weighted) == pytest.approx(float(plain) + 2.0 * wparts["detect_rank"], rel=1e-5)
+
+
+def test_speaker_adversarial_term_trains_its_head_and_sends_the_network_the_reversed_gradient():
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(3, 6, 8, generator=g), dim=-1).requires_grad_(True)
+    speakers = torch.tensor([0, 1, 1])
+    idx = torch.arange(18)
+    head = torch.nn.Linear(8, 2)
+    speaker_adversarial_loss(emb, speakers, idx, head, scale=0.5).backward()
+    # The same cross-entropy without the reversal: the network's gradient is -0.5 times it.
+    plain = emb.detach().clone().requires_grad_(True)
+    F.cross_entropy(head(plain.reshape(-1, 8)), speakers[idx // 6]).backward()
+    assert torch.allclose(emb.grad, -0.5 * plain.grad, atol=1e-6)
+    assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) > 0

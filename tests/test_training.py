@@ -17,7 +17,7 @@ from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, 
 from indexer.model.network import FrameNetwork, NetworkConfig
 from indexer.training.combine import combine
 from indexer.training.frozen import decode_clips, encode_clips
-from indexer.training.shards import band_limit_narrowband, load_shards
+from indexer.training.shards import band_limit_narrowband, load_shards, load_speaker_groups
 from indexer.training.train import (PRESETS, TrainConfig, _segment_prototype_accuracy, balanced_batch, class_weight_at,
                                     example_classes, member_path, parse_positive_ints, train, validate)
 
@@ -52,6 +52,7 @@ def write_shards(out: Path, n: int, seed: int) -> None:
     np.savez(out / "shard_00000.npz", audio=audio, frame_labels=labels, frame_mos=frame_mos,
              utt_mos=frame_mos.mean(1), narrowband=np.arange(n) % 2 == 0, real=np.ones(n, bool))
     (out / "classes.json").write_text(json.dumps(["clean", "clipping", "noise_white"]))
+    (out / "shard_00000.jsonl").write_text("".join(json.dumps({"group": f"voice{i % 4}"}) + "\n" for i in range(n)))
 
 
 @pytest.fixture(scope="module")
@@ -357,16 +358,26 @@ def test_train_distils_a_teacher_model_into_the_student_and_records_the_term(sha
     assert "24 clips embedded" in (tmp_path / "log.txt").read_text()
 
 
-def test_train_command_weights_the_detection_term_and_records_it(shard_root, tmp_path):
+def test_speaker_groups_follow_the_shards_example_order(shard_root):
+    groups, names = load_speaker_groups(shard_root / "train", 10)
+    assert names == ["voice0", "voice1", "voice2", "voice3"]
+    assert groups.tolist() == [i % 4 for i in range(10)]
+    with pytest.raises(ConfigError, match="24 examples"):
+        load_speaker_groups(shard_root / "train", 25)
+
+
+def test_train_command_weights_the_detection_and_speaker_terms_and_records_them(shard_root, tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
 
     out = tmp_path / "m.pt"
     args = ["train", "--preset", "smoke", "--data", str(shard_root), "--out", str(out), "--max-steps", "2", "--threads", "1",
-            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--detect-weight", "0.5"]
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--detect-weight", "0.5",
+            "--speaker-adversarial", "0.2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     meta = read_checkpoint(out)["meta"]
-    assert meta["recipe"]["train_config"]["detect_weight"] == 0.5
-    assert meta["history"][-1]["detect_rank"] > 0
+    assert (meta["recipe"]["train_config"]["detect_weight"], meta["recipe"]["train_config"]["speaker_adversarial"]) == (0.5, 0.2)
+    assert meta["history"][-1]["detect_rank"] > 0 and meta["history"][-1]["speaker_ce"] > 0
+    assert "speaker_head" in torch.load(out.with_suffix(".state.pt"), weights_only=False)  # --resume goes on with it

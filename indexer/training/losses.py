@@ -106,15 +106,43 @@ def clean_ranking_loss(emb: torch.Tensor, labels: torch.Tensor, idx: torch.Tenso
     return F.softplus(scale * (s[~clean][None, :] - s[clean][:, None])).mean()
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient times ``-scale`` backward (Ganin & Lempitsky's reversal layer)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return -ctx.scale * grad, None
+
+
+def speaker_adversarial_loss(emb: torch.Tensor, speakers: torch.Tensor, idx: torch.Tensor, head: torch.nn.Module,
+                             *, scale: float) -> torch.Tensor:
+    """Cross-entropy of each sampled frame's speaker group from ``head``, through a gradient reversal.
+
+    ``emb`` (B, T, D), ``speakers`` (B,) group index of each clip, ``idx`` flattened frame indices.
+    The head learns to name the speaker; the network gets the reversed gradient (times ``scale``) and
+    learns embeddings the head cannot name the speaker from. Clean frames of unseen speakers then
+    sit nearer the one clean enrollment (the per-speaker spread is what held-out voices miss on).
+    """
+    z = emb.reshape(-1, emb.shape[-1])[idx]
+    return F.cross_entropy(head(_ReverseGradient.apply(z, scale)), speakers[idx // emb.shape[1]])
+
+
 def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_mos: torch.Tensor,
                utt_mos: torch.Tensor, *, n_frames: int = 1024, tau: float = 0.1, mos_weight: float = 1.0,
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
                region_class_weight: float = 0.0, teacher_emb: torch.Tensor | None = None, distill_weight: float = 0.0,
-               detect_weight: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               detect_weight: float = 0.0, speakers: torch.Tensor | None = None,
+               speaker_head: torch.nn.Module | None = None, speaker_weight: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames,
     ``region_class_weight`` x the same on pooled regions, ``distill_weight`` x
-    :func:`relation_distill_loss` to ``teacher_emb`` and ``detect_weight`` x
-    :func:`clean_ranking_loss`); returns the loss and its parts.
+    :func:`relation_distill_loss` to ``teacher_emb``, ``detect_weight`` x
+    :func:`clean_ranking_loss` and :func:`speaker_adversarial_loss` with reversal ``speaker_weight``
+    when ``speakers`` and ``speaker_head`` are given); returns the loss and its parts.
 
     Without ``class_on_clean`` the classifier term sees degraded frames only (which degradation),
     leaving clean-versus-degraded to the contrastive term.
@@ -139,6 +167,10 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
         rank = clean_ranking_loss(out["emb"], frame_labels, idx)
         loss = loss + detect_weight * rank
         parts["detect_rank"] = float(rank.detach())
+    if speaker_weight > 0 and speakers is not None and speaker_head is not None:
+        spk = speaker_adversarial_loss(out["emb"], speakers, idx, speaker_head, scale=speaker_weight)
+        loss = loss + spk
+        parts["speaker_ce"] = float(spk.detach())
     if distill_weight > 0 and teacher_emb is not None:
         kd = relation_distill_loss(out["emb"], teacher_emb, idx)
         loss = loss + distill_weight * kd

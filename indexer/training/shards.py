@@ -316,6 +316,22 @@ def load_shards(out_dir: str | Path, *, narrowband_8khz: bool = False, wideband_
     return arrays, json.loads((out / "classes.json").read_text())
 
 
+def load_speaker_groups(out_dir: str | Path, n: int) -> tuple[np.ndarray, list[str]]:
+    """The speaker group of each of the first ``n`` examples of ``out_dir`` (read from the shards'
+    ``.jsonl`` lines, in :func:`load_shards` order) as indices into the returned sorted names."""
+    groups: list[str] = []
+    for f in sorted(Path(out_dir).glob("shard_*[0-9].jsonl")):
+        if len(groups) >= n:
+            break
+        groups += [json.loads(line)["group"] for line in f.read_text().splitlines() if line.strip()]
+    if len(groups) < n:
+        raise ConfigError(f"{out_dir} describes {len(groups)} examples in its .jsonl files, {n} were loaded",
+                          "rebuild the shards: their .npz and .jsonl files disagree")
+    names = sorted(set(groups[:n]))
+    index = {g: i for i, g in enumerate(names)}
+    return np.array([index[g] for g in groups[:n]], dtype=np.int64), names
+
+
 def load_val_sets(data_dir: str | Path, *, narrowband_8khz: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """The held-out real-speaker validation sets under a shards directory, by name: ``val_real``
     (training catalog) and ``val_heldout_catalog``, whichever exist (at least one must)."""

@@ -28,7 +28,7 @@ from indexer.training.calibrate import calibrate, model_embedder
 from indexer.training.combine import combine
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
 from indexer.training.losses import total_loss
-from indexer.training.shards import load_shards, load_val_sets
+from indexer.training.shards import load_shards, load_speaker_groups, load_val_sets
 from retrieval.evaluation import class_prototypes, equal_error_rate, prototype_accuracy
 
 
@@ -97,6 +97,9 @@ class TrainConfig:
     # Weight of losses.clean_ranking_loss: clean frames ranked above degraded ones by the cosine to
     # the batch's mean clean frame, the score detection thresholds; 0: off.
     detect_weight: float = 0.0
+    # Scale of the reversed gradient from a speaker-group classifier on the indexed embedding
+    # (losses.speaker_adversarial_loss): embeddings that do not tell speakers apart; 0: off.
+    speaker_adversarial: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -264,6 +267,13 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     # Training-only, like the projection head: one vector per class for the cosine-classifier term.
     class_vectors = torch.nn.Parameter(torch.randn(len(classes), net_cfg.emb_dim, generator=torch.Generator().manual_seed(cfg.seed)))
     params = list(net.parameters()) + ([class_vectors] if cfg.class_weight > 0 or cfg.region_class_weight > 0 else [])
+    # Training-only too: the speaker-group classifier the adversarial term trains against.
+    speakers_t, speaker_head = None, None
+    if cfg.speaker_adversarial > 0:
+        groups, group_names = load_speaker_groups(data / "train", len(train_arrays["audio"]))
+        speakers_t = torch.from_numpy(groups)
+        speaker_head = torch.nn.Sequential(torch.nn.Linear(net_cfg.emb_dim, 128), torch.nn.ReLU(), torch.nn.Linear(128, len(group_names)))
+        params += list(speaker_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
                                                use_buffers=True) if cfg.ema_decay > 0 else None)
@@ -274,6 +284,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
         net.load_state_dict(state["net"])
         if "class_vectors" in state:
             class_vectors.data.copy_(state["class_vectors"])
+        if speaker_head is not None and "speaker_head" in state:
+            speaker_head.load_state_dict(state["speaker_head"])
         opt.load_state_dict(state["opt"])
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
@@ -324,7 +336,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                                      class_weight=class_weight_at(cfg, step), class_on_clean=cfg.class_on_clean,
                                      region_class_weight=class_weight_at(cfg, step, cfg.region_class_weight),
                                      teacher_emb=teacher_t[idx] if teacher_t is not None else None,
-                                     distill_weight=cfg.distill_weight, detect_weight=cfg.detect_weight)
+                                     distill_weight=cfg.distill_weight, detect_weight=cfg.detect_weight,
+                                     speakers=speakers_t[idx] if speakers_t is not None else None,
+                                     speaker_head=speaker_head, speaker_weight=cfg.speaker_adversarial)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -348,6 +362,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                               + "  ".join(f"{k} {v:5.2f} %" for k, v in figures.items()) + marker)
                 torch.save({"net": net.state_dict(), "class_vectors": class_vectors.detach(), "opt": opt.state_dict(), "step": step, "best": best,
                             "history": history, "elapsed": time.time() - t0,
+                            **({"speaker_head": speaker_head.state_dict()} if speaker_head is not None else {}),
                             **({"ema": ema.state_dict()} if ema is not None else {})}, state_path)
     best_net = network_from_checkpoint(read_checkpoint(out.with_suffix(".best.pt")))
     # The cache still describes the best network's encoder if the run never unfroze it. (Its training
