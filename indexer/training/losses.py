@@ -2,8 +2,8 @@
 
 Optionally a cosine-classifier term on the indexed embedding (paper 002's degradation classifier):
 one learned unit vector per class, so every class is pulled to one place across utterances even
-when a batch holds no second clip of it; and a detection term that ranks frames exactly as detection
-scores them (cosine to the mean clean frame).
+when a batch holds no second clip of it; a detection term that ranks frames exactly as detection
+scores them (cosine to the mean clean frame); and a speaker-adversarial term (gradient reversal).
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def speaker_adversarial_loss(emb: torch.Tensor, speakers: torch.Tensor, idx: tor
 
     ``emb`` (B, T, D), ``speakers`` (B,) group index of each clip, ``idx`` flattened frame indices.
     The head learns to name the speaker; the network gets the reversed gradient (times ``scale``) and
-    learns embeddings the head cannot name the speaker from. Clean frames of unseen speakers then
-    sit nearer the one clean enrollment (the per-speaker spread is what held-out voices miss on).
+    learns embeddings the head cannot name the speaker from. The aim is unseen speakers' clean frames
+    nearer the one clean enrollment (the per-speaker spread is what held-out voices miss on).
     """
     z = emb.reshape(-1, emb.shape[-1])[idx]
     return F.cross_entropy(head(_ReverseGradient.apply(z, scale)), speakers[idx // emb.shape[1]])
@@ -137,7 +137,8 @@ def total_loss(out: dict[str, torch.Tensor], frame_labels: torch.Tensor, frame_m
                class_vectors: torch.Tensor | None = None, class_weight: float = 0.0, class_on_clean: bool = True,
                region_class_weight: float = 0.0, teacher_emb: torch.Tensor | None = None, distill_weight: float = 0.0,
                detect_weight: float = 0.0, speakers: torch.Tensor | None = None,
-               speaker_head: torch.nn.Module | None = None, speaker_weight: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               speaker_head: torch.nn.Module | None = None, speaker_weight: float = 0.0,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """003's total loss (plus ``class_weight`` x the cosine-classifier term on frames,
     ``region_class_weight`` x the same on pooled regions, ``distill_weight`` x
     :func:`relation_distill_loss` to ``teacher_emb``, ``detect_weight`` x

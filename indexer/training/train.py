@@ -272,7 +272,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     if cfg.speaker_adversarial > 0:
         groups, group_names = load_speaker_groups(data / "train", len(train_arrays["audio"]))
         speakers_t = torch.from_numpy(groups)
-        speaker_head = torch.nn.Sequential(torch.nn.Linear(net_cfg.emb_dim, 128), torch.nn.ReLU(), torch.nn.Linear(128, len(group_names)))
+        speaker_head = torch.nn.Sequential(torch.nn.Linear(net_cfg.emb_dim, 128), torch.nn.ReLU(),
+                                           torch.nn.Linear(128, len(group_names)))
         params += list(speaker_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
