@@ -95,10 +95,12 @@ class TrainConfig:
     # weights the run starts from instead of a random initialisation; "": from scratch.
     init_from: str = ""
     # Weight of losses.clean_ranking_loss: clean frames ranked above degraded ones by the cosine to
-    # the batch's mean clean frame, the score detection thresholds; 0: off.
+    # the batch's mean clean frame, the score detection thresholds; 0: off. Fine-tuning distilled
+    # at 1, 20 and 50 gave no gain beyond run-to-run variation (MODEL_CARD), so off.
     detect_weight: float = 0.0
     # Scale of the reversed gradient from a speaker-group classifier on the indexed embedding
-    # (losses.speaker_adversarial_loss): embeddings that do not tell speakers apart; 0: off.
+    # (losses.speaker_adversarial_loss): embeddings that do not tell speakers apart; 0: off. At 0.3
+    # in a fine-tune it lost wideband detection and prototypes (MODEL_CARD), so off.
     speaker_adversarial: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
