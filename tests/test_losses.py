@@ -122,13 +122,19 @@ def test_region_class_loss_scores_each_clips_pooled_degraded_frames_and_skips_cl
     assert float(region_class_loss(emb, torch.zeros_like(labels), vectors)) == 0.0
 
 
-def test_total_loss_adds_the_region_term_only_when_weighted():
+def _two_clip_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Network outputs of two 10-frame clips (random unit vectors), their labels (clip 0's second
+    half degraded) and a flat MOS target."""
     out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
            "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
            "mos": torch.full((2, 10), 3.0)}
     labels = torch.zeros(2, 10, dtype=torch.long)
     labels[0, 5:] = 1
-    mos = torch.full((2, 10), 3.0)
+    return out, labels, torch.full((2, 10), 3.0)
+
+
+def test_total_loss_adds_the_region_term_only_when_weighted():
+    out, labels, mos = _two_clip_batch()
     vectors = torch.randn(2, 4)
     plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors,
                               generator=torch.Generator().manual_seed(0))
@@ -169,12 +175,7 @@ def test_clean_ranking_loss_is_low_only_when_clean_frames_sit_nearer_the_clean_m
 
 
 def test_total_loss_adds_the_detection_term_only_when_weighted():
-    out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
-           "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
-           "mos": torch.full((2, 10), 3.0)}
-    labels = torch.zeros(2, 10, dtype=torch.long)
-    labels[0, 5:] = 1
-    mos = torch.full((2, 10), 3.0)
+    out, labels, mos = _two_clip_batch()
     plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=40, generator=torch.Generator().manual_seed(0))
     weighted, wparts = total_loss(out, labels, mos, mos.mean(1), n_frames=40, detect_weight=2.0,
                                   generator=torch.Generator().manual_seed(0))
