@@ -96,7 +96,8 @@ class TrainConfig:
     init_from: str = ""
     # Weight of losses.clean_ranking_loss: clean frames ranked above degraded ones by the cosine to
     # the batch's mean clean frame, the score detection thresholds; 0: off. Fine-tuning distilled
-    # at 1, 20 and 50 gave no gain beyond run-to-run variation (MODEL_CARD), so off.
+    # at 1, 20 and 50 gave no gain beyond run-to-run variation, and at 20 from scratch it cost
+    # 8-13 points of prototypes (MODEL_CARD), so off.
     detect_weight: float = 0.0
     # Scale of the reversed gradient from a speaker-group classifier on the indexed embedding
     # (losses.speaker_adversarial_loss): embeddings that do not tell speakers apart; 0: off. At 0.3
