@@ -78,14 +78,20 @@ def test_cosine_class_loss_is_low_when_frames_sit_on_their_class_vector():
     assert float(low) < 0.01 < 10.0 < float(high)
 
 
-def test_total_loss_adds_the_class_term_only_when_weighted():
-    torch.manual_seed(0)
-    out = {"emb": F.normalize(torch.randn(2, 10, 4), dim=-1), "proj": F.normalize(torch.randn(2, 10, 8), dim=-1),
+def _two_clip_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Network outputs of two 10-frame clips (random unit vectors), their labels (clip 0's second
+    half degraded) and a flat MOS target."""
+    out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
+           "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
            "mos": torch.full((2, 10), 3.0)}
     labels = torch.zeros(2, 10, dtype=torch.long)
-    labels[:, 5:] = 1
-    mos = torch.full((2, 10), 3.0)
-    vectors = torch.randn(2, 4)
+    labels[0, 5:] = 1
+    return out, labels, torch.full((2, 10), 3.0)
+
+
+def test_total_loss_adds_the_class_term_only_when_weighted():
+    out, labels, mos = _two_clip_batch()
+    vectors = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
     plain, parts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors,
                               generator=torch.Generator().manual_seed(0))
     weighted, wparts = total_loss(out, labels, mos, mos.mean(1), n_frames=20, class_vectors=vectors, class_weight=0.5,
@@ -120,17 +126,6 @@ def test_region_class_loss_scores_each_clips_pooled_degraded_frames_and_skips_cl
     wrong = region_class_loss(emb, torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [2, 2, 0, 0]]), vectors)
     assert float(on_class) < 0.01 < 10.0 < float(wrong)
     assert float(region_class_loss(emb, torch.zeros_like(labels), vectors)) == 0.0
-
-
-def _two_clip_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Network outputs of two 10-frame clips (random unit vectors), their labels (clip 0's second
-    half degraded) and a flat MOS target."""
-    out = {"emb": F.normalize(torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0)), dim=-1),
-           "proj": F.normalize(torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(1)), dim=-1),
-           "mos": torch.full((2, 10), 3.0)}
-    labels = torch.zeros(2, 10, dtype=torch.long)
-    labels[0, 5:] = 1
-    return out, labels, torch.full((2, 10), 3.0)
 
 
 def test_total_loss_adds_the_region_term_only_when_weighted():
