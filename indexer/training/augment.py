@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import librosa
 import numpy as np
 import torch
 
@@ -44,3 +45,31 @@ def noise_floor(audio: torch.Tensor, narrowband: torch.Tensor, *, p: float = 0.5
     level = audio.square().mean(1, keepdim=True).sqrt() * torch.pow(10.0, -snr / 20.0)
     keep = (torch.rand(b, 1, generator=generator) < p).float()
     return audio + keep * level * noise
+
+
+def vtlp_warp(feats: torch.Tensor, narrowband: torch.Tensor, *, max_warp: float = 0.08,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Vocal-tract-length perturbation of log-mel features: each example's frequency axis scaled by
+    a random factor in ``1 +- max_warp``, labels unchanged.
+
+    Scaling the spectral envelope is how speakers' vocal tracts differ, so the model learns it as a
+    nuisance, as it learns the channel's EQ. The warp is piecewise linear with the band's top as a
+    fixed point (Kaldi's VTLP), so nothing moves above 4 kHz in a narrowband clip (an 8 kHz file
+    never has energy there) or past 8 kHz in a wideband one. The default stays below the catalog's
+    mildest pitch shift (1.5 semitones, a factor of 1.09), which moves pitch and envelope together.
+    """
+    b, m, _ = feats.shape
+    centres = torch.from_numpy(librosa.mel_frequencies(n_mels=m + 2, fmin=20.0, fmax=SAMPLE_RATE / 2)[1:-1]).float()
+    alpha = 1.0 + (torch.rand(b, 1, generator=generator) * 2.0 - 1.0) * max_warp
+    top = torch.where(narrowband.view(b, 1), torch.tensor(4000.0), torch.tensor(SAMPLE_RATE / 2))
+    knee = 0.8 * top
+    f = centres.view(1, m)
+    # Each output band reads the input at the frequency the warp maps onto it.
+    src = torch.where(f < knee, f / alpha, knee / alpha + (f - knee) * (top - knee / alpha) / (top - knee))
+    src = torch.where(f < top, src, f)
+    hi = torch.searchsorted(centres, src.contiguous()).clamp(1, m - 1)
+    lo = hi - 1
+    w = ((src - centres[lo]) / (centres[hi] - centres[lo])).clamp(0.0, 1.0).unsqueeze(-1)
+    below = torch.gather(feats, 1, lo.unsqueeze(-1).expand_as(feats))
+    above = torch.gather(feats, 1, hi.unsqueeze(-1).expand_as(feats))
+    return below * (1.0 - w) + above * w

@@ -23,7 +23,7 @@ from indexer.features import log_mel
 from indexer.model import MARGIN_FRAMES, model_path
 from indexer.model.checkpoint import FORMAT, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.augment import channel_augment, noise_floor
+from indexer.training.augment import channel_augment, noise_floor, vtlp_warp
 from indexer.training.calibrate import calibrate, model_embedder
 from indexer.training.combine import combine
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
@@ -103,6 +103,10 @@ class TrainConfig:
     # (losses.speaker_adversarial_loss): embeddings that do not tell speakers apart; 0: off. At 0.3
     # in a fine-tune it lost wideband detection and prototypes (MODEL_CARD), so off.
     speaker_adversarial: float = 0.0
+    # Largest vocal-tract-length warp of the fast encoder's log-mel input (augment.vtlp_warp: the
+    # frequency axis scaled by 1 +- this per clip, labels unchanged), so the spread of speakers'
+    # spectral envelopes becomes a nuisance like the channel's EQ; 0: off.
+    vtlp_warp: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -329,7 +333,12 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
             audio = audio_t[idx] * float(10 ** rng.uniform(-0.5, 0.3))
             if cfg.noise_floor_p > 0:
                 audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
-            feats = channel_augment(log_mel(audio)) if cfg.encoder == "logmel_cnn" else None
+            feats = None
+            if cfg.encoder == "logmel_cnn":
+                feats = log_mel(audio)
+                if cfg.vtlp_warp > 0:
+                    feats = vtlp_warp(feats, narrow_t[idx], max_warp=cfg.vtlp_warp)
+                feats = channel_augment(feats)
             if caches is not None and frozen:
                 h = torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32))
                 out_ = net.decode(torch.nn.functional.dropout(h, cfg.frozen_feature_dropout), labels_t.shape[1])
