@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import librosa
 import numpy as np
 import torch
 
-from indexer.features import SAMPLE_RATE
+from indexer.features import SAMPLE_RATE, mel_band_centres
 
 
 def channel_augment(feats: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -49,8 +48,8 @@ def noise_floor(audio: torch.Tensor, narrowband: torch.Tensor, *, p: float = 0.5
 
 def vtlp_warp(feats: torch.Tensor, narrowband: torch.Tensor, *, max_warp: float = 0.08,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Vocal-tract-length perturbation of log-mel features: each example's frequency axis scaled by
-    a random factor in ``1 +- max_warp``, labels unchanged.
+    """Vocal-tract-length perturbation of :func:`~indexer.features.log_mel` features: each example's
+    frequency axis scaled by a random factor in ``1 +- max_warp``, labels unchanged.
 
     Scaling the spectral envelope is how speakers' vocal tracts differ, so the model learns it as a
     nuisance, as it learns the channel's EQ. The warp is piecewise linear with the band's top as a
@@ -59,7 +58,7 @@ def vtlp_warp(feats: torch.Tensor, narrowband: torch.Tensor, *, max_warp: float 
     mildest pitch shift (1.5 semitones, a factor of 1.09), which moves pitch and envelope together.
     """
     b, m, _ = feats.shape
-    centres = torch.from_numpy(librosa.mel_frequencies(n_mels=m + 2, fmin=20.0, fmax=SAMPLE_RATE / 2)[1:-1]).float()
+    centres = mel_band_centres()
     alpha = 1.0 + (torch.rand(b, 1, generator=generator) * 2.0 - 1.0) * max_warp
     top = torch.where(narrowband.view(b, 1), torch.tensor(4000.0), torch.tensor(SAMPLE_RATE / 2))
     knee = 0.8 * top
