@@ -72,3 +72,29 @@ def vtlp_warp(feats: torch.Tensor, narrowband: torch.Tensor, *, max_warp: float 
     below = torch.gather(feats, 1, lo.unsqueeze(-1).expand_as(feats))
     above = torch.gather(feats, 1, hi.unsqueeze(-1).expand_as(feats))
     return below * (1.0 - w) + above * w
+
+
+def freq_mixstyle(feats: torch.Tensor, narrowband: torch.Tensor, *, p: float = 0.5, alpha: float = 0.3) -> torch.Tensor:
+    """Frequency-wise MixStyle (Schmid et al., DCASE 2022) on :func:`~indexer.features.log_mel`
+    features: in a random ``p`` of the examples, each mel band is normalised by its own mean and
+    standard deviation over time and given a mix of its own and another example's, with the mixing
+    weight drawn from Beta(``alpha``, ``alpha``); labels unchanged.
+
+    A band's mean and spread over a clip carry the speaker's and the microphone's colouring, so the
+    model sees other real speakers' colourings on the same content (where ``channel_augment`` draws
+    random smooth ones). Partners come from the same channel (``narrowband`` flag), so a wideband
+    clip never takes on a narrowband clip's empty bands above 4 kHz. The statistics are the whole
+    clip's and the map is affine per band, so a degraded region keeps its contrast with the clean
+    speech around it. Draws from torch's global generator (``torch.distributions`` takes no other).
+    """
+    b = feats.shape[0]
+    partner = torch.arange(b)
+    for group in (narrowband, ~narrowband):
+        members = torch.nonzero(group, as_tuple=False).view(-1)
+        partner[members] = members[torch.randperm(members.numel())]
+    mu = feats.mean(dim=2, keepdim=True)
+    sig = (feats.var(dim=2, keepdim=True) + 1e-6).sqrt()
+    lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1))
+    mixed = (feats - mu) / sig * (lam * sig + (1 - lam) * sig[partner]) + lam * mu + (1 - lam) * mu[partner]
+    apply = torch.rand(b, 1, 1) < p
+    return torch.where(apply, mixed, feats)

@@ -23,7 +23,7 @@ from indexer.features import log_mel
 from indexer.model import MARGIN_FRAMES, model_path
 from indexer.model.checkpoint import FORMAT, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
-from indexer.training.augment import channel_augment, noise_floor, vtlp_warp
+from indexer.training.augment import channel_augment, freq_mixstyle, noise_floor, vtlp_warp
 from indexer.training.calibrate import calibrate, model_embedder
 from indexer.training.combine import combine
 from indexer.training.frozen import ClipEmbed, cache_path, cached_embedder, encode_clips
@@ -108,6 +108,10 @@ class TrainConfig:
     # spectral envelopes becomes a nuisance like the channel's EQ; 0: off. At 0.08 from scratch it
     # left frame EER level and cost telephone-heldout prototypes and wideband F1 (MODEL_CARD), so off.
     vtlp_warp: float = 0.0
+    # Share of training clips whose log-mel bands take on a mix of their own and another same-channel
+    # clip's mean and spread over time (augment.freq_mixstyle, Beta(0.3, 0.3) weights): other real
+    # speakers' and microphones' colourings as a nuisance; 0: off.
+    freq_mixstyle: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -339,6 +343,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 feats = log_mel(audio)
                 if cfg.vtlp_warp > 0:
                     feats = vtlp_warp(feats, narrow_t[idx], max_warp=cfg.vtlp_warp)
+                if cfg.freq_mixstyle > 0:
+                    feats = freq_mixstyle(feats, narrow_t[idx], p=cfg.freq_mixstyle)
                 feats = channel_augment(feats)
             if caches is not None and frozen:
                 h = torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32))
