@@ -347,8 +347,9 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     }
     det_curves = {"model (1 - cos)": _subsample_det(*ev.det_curve(all_scores, all_targets)[:2]),
                   "model MOS": _subsample_det(*ev.det_curve(all_mos_scores, all_targets)[:2])}
+    eer_threshold = ev.eer_threshold(all_scores, all_targets)
     if any(d.meta.speaker is not None for d in test):
-        report["per_speaker"] = _per_speaker(test, scores, targets, ev.eer_threshold(all_scores, all_targets))
+        report["per_speaker"] = _per_speaker(test, scores, targets, eer_threshold)
     timings["frame_metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report["i_auc"] = ev.intersection_auc(scores, gt, durations, hops)
@@ -388,6 +389,8 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     report["single_degradations"] = _single_only(test_emb, test_labels, proto, proto_names, pair_idx)
     for name in per_label:
         per_label[name]["n_events"] = int(sum(1 for lab in test_labels if lab == name))
+    for name, miss in _frame_miss_per_label(test, scores, eer_threshold).items():
+        per_label.setdefault(name, {})["frame_miss"] = miss
     timings["segment_metrics"] = time.perf_counter() - t0
     say(f"oracle segments: verification EER {report['verification_eer']:.2f} %, "
         f"prototype accuracy {report['prototype_accuracy']:.1f} %, ARI {report['ari']:.3f}")
@@ -493,6 +496,21 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
                         "clean_false_alarm": 100.0 * float((s[~t] >= threshold).mean()) if (~t).any() else math.nan,
                         "miss": 100.0 * float((s[t] < threshold).mean()) if t.any() else math.nan}
     return out
+
+
+def _frame_miss_per_label(test: list[_FileData], scores: dict[str, np.ndarray], threshold: float) -> dict[str, float]:
+    """Per event label, the share (%) of its frames scored under the pooled frame-EER ``threshold``:
+    which degradations the frame EER's misses come from (a frame in two overlapping events counts
+    for both)."""
+    missed: dict[str, list[int]] = {}
+    for d in test:
+        s = scores[d.meta.id]
+        for e in d.meta.events:
+            idx = ev.frame_indices((e.start, e.end), len(s), d.hop_s)
+            tally = missed.setdefault(e.label, [0, 0])
+            tally[0] += int(np.count_nonzero(s[idx] < threshold))
+            tally[1] += idx.size
+    return {name: 100.0 * m / n for name, (m, n) in sorted(missed.items()) if n}
 
 
 def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,

@@ -108,13 +108,14 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
     per = report.get("per_label") or {}
     if per:
         lines += ["", "## Per label (model)", "",
-                  "| label | events | verification EER (%) | prototype acc. (%) | P@10 | detection recall | DNSMOS proto acc. (%) | log-mel proto acc. (%) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "Frames missed: the share of the label's frames scored under the pooled frame-EER threshold.", "",
+                  "| label | events | frames missed (%) | verification EER (%) | prototype acc. (%) | P@10 | detection recall | DNSMOS proto acc. (%) | log-mel proto acc. (%) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         dn_per = (base.get("dnsmos") or {}).get("per_label") or {}
         lm_per = (base.get("logmel") or {}).get("per_label") or {}
         for name in sorted(per):
             v = per[name]
-            lines.append(f"| {name} | {v.get('n_events', '–')} | {_fmt(v.get('verification_eer'), 2)} | "
+            lines.append(f"| {name} | {v.get('n_events', '–')} | {_fmt(v.get('frame_miss'), 1)} | {_fmt(v.get('verification_eer'), 2)} | "
                          f"{_fmt(v.get('prototype_accuracy'), 1)} | {_fmt(v.get('retrieval_p_at_10'))} | "
                          f"{_fmt(v.get('detection_recall'))} | {_fmt((dn_per.get(name) or {}).get('prototype_accuracy'), 1)} | "
                          f"{_fmt((lm_per.get(name) or {}).get('prototype_accuracy'), 1)} |")

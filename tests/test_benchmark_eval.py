@@ -164,6 +164,17 @@ def test_per_speaker_names_the_speaker_whose_clean_frames_read_degraded():
     assert per["far"]["frame_eer"] == 0.0  # alone, its own threshold still separates it
 
 
+def test_frame_miss_per_label_names_the_degradation_whose_frames_read_clean():
+    from retrieval.benchmark_eval import BenchmarkEvent, BenchmarkFile, _FileData, _frame_miss_per_label
+
+    events = [BenchmarkEvent(0.0, 0.08, "noise"), BenchmarkEvent(0.08, 0.16, "mp3")]
+    meta = BenchmarkFile("a", Path("a.wav"), "test", False, events, None)
+    d = _FileData(meta, 0.2, 16000, np.zeros((10, 2), np.float32), np.zeros(10, np.float32), 0.02,
+                  np.zeros((2, 2), np.float32), np.ones(2, bool), [])
+    scores = {"a": np.array([0.9, 0.8, 0.7, 0.9, 0.1, 0.2, 0.6, 0.3, 0.1, 0.1])}
+    assert _frame_miss_per_label([d], scores, threshold=0.5) == {"mp3": 75.0, "noise": 0.0}
+
+
 def test_per_label_uses_the_benchmark_labels(evaluated):
     rep, _, _ = evaluated
     assert set(rep["per_label"]) == set(LABELS)
@@ -172,6 +183,7 @@ def test_per_label_uses_the_benchmark_labels(evaluated):
     for v in rep["per_label"].values():
         assert v["prototype_accuracy"] is None or 0.0 <= v["prototype_accuracy"] <= 100.0
         assert 0.0 <= v["detection_recall"] <= 1.0
+        assert 0.0 <= v["frame_miss"] <= 100.0
 
 
 def test_baselines_are_scored_on_the_same_segments(evaluated):
