@@ -6,7 +6,8 @@ Builds (once) the four 30-minute benchmarks of MODEL_CARD.md from the held-out s
 prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, training and
 held-out catalog, seeds 1-4. Then evaluates each ``--model`` on all four and prints one row per
 model and benchmark, then the share of each held-out speaker's clean frames flagged at the
-benchmark's frame-EER threshold (one speaker can carry much of the EER); each report is kept
+benchmark's frame-EER threshold (one speaker can carry much of the EER) and the single
+degradations with the most frames under that threshold; each report is kept
 under ``--out``. Compare recipes with it, not with the training loss or TTS figures.
 """
 
@@ -27,6 +28,7 @@ BENCHMARKS = [
     ("telephone-train", "telephone", "train", 3),
     ("telephone-heldout", "telephone", "heldout", 4),
 ]
+MOST_MISSED = 6  # single degradations listed per benchmark, most-missed first
 
 
 def _row(report: dict) -> list[str]:
@@ -51,7 +53,7 @@ def main() -> None:
     columns = [f"{key} ({unit})" if unit else key for key, unit, _ in KEYS] + ["single-degradation prototype_accuracy (%)"]
     print("| model | benchmark | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 2))
-    speaker_lines = []
+    speaker_lines, miss_lines = [], []
     for model in args.model or [DEFAULT_MODEL]:
         settings = get_settings(model=model)
         for name, *_ in BENCHMARKS:
@@ -62,8 +64,13 @@ def main() -> None:
             speakers = result.report.get("per_speaker") or {}
             speaker_lines.append(f"- {model} / {name}: " + ", ".join(
                 f"{spk} {format_metric(v['clean_false_alarm'], '%')}" for spk, v in speakers.items()))
+            missed = sorted(((v["frame_miss"], label) for label, v in (result.report.get("per_label") or {}).items()
+                             if v.get("frame_miss") is not None and "+" not in label), reverse=True)
+            miss_lines.append(f"- {model} / {name}: " + ", ".join(f"{label} {miss:.0f}" for miss, label in missed[:MOST_MISSED]))
     print("\nClean test frames flagged at each benchmark's pooled frame-EER threshold, per held-out speaker (%):")
     print("\n".join(speaker_lines))
+    print(f"\nThe {MOST_MISSED} single degradations with the most frames under each benchmark's pooled frame-EER threshold (% of their frames):")
+    print("\n".join(miss_lines))
 
 
 if __name__ == "__main__":

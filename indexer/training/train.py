@@ -110,7 +110,8 @@ class TrainConfig:
     vtlp_warp: float = 0.0
     # Share of training clips whose log-mel bands take on a mix of their own and another same-channel
     # clip's mean and spread over time (augment.freq_mixstyle, Beta(0.3, 0.3) weights): other real
-    # speakers' and microphones' colourings as a nuisance; 0: off.
+    # speakers' and microphones' colourings as a nuisance; 0: off. At 0.5 from scratch it raised
+    # frame EER and cost 1-7 points of prototypes on every benchmark (MODEL_CARD), so off.
     freq_mixstyle: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
