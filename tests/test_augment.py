@@ -9,7 +9,6 @@ from indexer.features import SAMPLE_RATE, log_mel, mel_band_centres
 from indexer.training.augment import freq_mixstyle, vtlp_warp
 
 
-
 def _tone_feats(freq: float, n: int = 2) -> torch.Tensor:
     t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
     return log_mel(torch.sin(2 * np.pi * freq * t).repeat(n, 1) * 0.3)
