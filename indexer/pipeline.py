@@ -11,9 +11,10 @@ segments and vectors replaced), failures by ``Store.record_failure``; the batch 
 Resumability follows from that: an interrupted run has committed whole recordings only, and a
 re-run skips them by content hash, so it ends with exactly the segments of one uninterrupted run.
 
-Enrollment: a store-level clean enrollment (``degsearch enroll-clean``) if one is set for the
-model, else the model's own — ``narrowband`` for sources sampled at <= 8 kHz (telephone
-band), ``wideband`` otherwise.
+Enrollment: a group's clean enrollment (``degsearch enroll-clean --group agent=alice``) for files
+whose manifest attribute matches it, else a store-level one (``degsearch enroll-clean``) if one is
+set for the model, else the model's own — ``narrowband`` for sources sampled at <= 8 kHz
+(telephone band), ``wideband`` otherwise. Each stored enrollment has its own calibrated threshold.
 
 Failed files stay failed on re-runs while their content is unchanged (they are counted as
 skipped and listed); ``retry_failed=True`` (``--retry-failed``) tries them again.
@@ -159,6 +160,47 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> list[FileTask]:
 # --- per-file work -------------------------------------------------------------------------------
 
 
+CLEAN_ENROLLMENT = "clean"  # the store-level enrollment row's name; a group's is "clean:KEY=VALUE"
+
+
+@dataclass(frozen=True)
+class EnrollmentGroup:
+    """The recordings whose manifest attribute ``key`` equals ``value`` (one agent, one line, one site)."""
+
+    key: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> EnrollmentGroup:
+        """``"agent=alice"`` -> ``EnrollmentGroup("agent", "alice")``."""
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"group {text!r} is not KEY=VALUE", "name a manifest column and one of its values, e.g. --group agent=alice")
+        group = cls(key, value)
+        if len(group.name) > 200:  # the enrollments table's name column
+            raise ConfigError(f"group {text!r} is too long ({len(group.name)} characters with its prefix)", "use a shorter column value")
+        return group
+
+    @property
+    def name(self) -> str:
+        """The name of this group's row in the store's enrollments table."""
+        return f"{CLEAN_ENROLLMENT}:{self.key}={self.value}"
+
+    def matches(self, attributes: dict[str, Any]) -> bool:
+        """Whether a file with these manifest ``attributes`` belongs to the group (values compared as text)."""
+        return self.key in attributes and str(attributes[self.key]) == self.value
+
+
+@dataclass
+class GroupDetection:
+    """A group's clean enrollment and the detection threshold its files are scored with."""
+
+    group: EnrollmentGroup
+    vector: np.ndarray
+    threshold: float
+
+
 @dataclass
 class IndexContext:
     """Everything a worker needs besides the model; picklable, sent once per worker."""
@@ -175,6 +217,15 @@ class IndexContext:
     chunk_s: float
     batch_frames: int
     retry_failed: bool = False
+    # Group enrollments, sorted by (key, value): a file takes the first whose attribute it matches.
+    groups: list[GroupDetection] = field(default_factory=list)
+
+    def detection_for(self, attributes: dict[str, Any], sample_rate: int) -> tuple[np.ndarray, float]:
+        """The (enrollment, threshold) a file with these manifest ``attributes`` is detected against."""
+        for g in self.groups:
+            if g.group.matches(attributes):
+                return g.vector, g.threshold
+        return enrollment_for(self.enrollments, sample_rate), self.threshold
 
 
 @dataclass
@@ -276,9 +327,9 @@ def process_file(ctx: IndexContext, model: FrameModel, task: FileTask) -> FileOu
     stage = "decode"
     try:
         stream = AudioStream(task.path)
-        enrollment = enrollment_for(ctx.enrollments, stream.orig_sr)
+        enrollment, threshold = ctx.detection_for(task.attributes, stream.orig_sr)
         hop_s = 1.0 / model.frame_rate
-        detectors = [SegmentDetector(enrollment, ctx.threshold, channel=c, hop_s=hop_s, smooth_frames=ctx.smooth_frames,
+        detectors = [SegmentDetector(enrollment, threshold, channel=c, hop_s=hop_s, smooth_frames=ctx.smooth_frames,
                                      bridge_gap_s=ctx.bridge_gap_s, min_segment_s=ctx.min_segment_s)
                      for c in range(stream.channels)]
         segments: list[DetectedSegment] = []
@@ -439,22 +490,39 @@ def clean_enrollment(store: Store, model: FrameModel, *, sample_rate: int | None
     return enrollment_for(dict(model.enrollments), sample_rate or TARGET_SR)
 
 
-def _clean_enrollment_column(session: Any, column: Any, model_id: str) -> Any:
-    """One column of the store's clean enrollment row for ``model_id`` (None when there is none)."""
+def _clean_enrollment_column(session: Any, column: Any, model_id: str, group: EnrollmentGroup | None = None) -> Any:
+    """One column of the store's clean enrollment row for ``model_id`` (``group``'s, or the
+    store-level one) — None when there is none."""
     from sqlalchemy import select
 
     from retrieval.models import Enrollment
 
-    return session.scalar(select(column).where(Enrollment.model_id == model_id, Enrollment.name == "clean"))
+    name = group.name if group is not None else CLEAN_ENROLLMENT
+    return session.scalar(select(column).where(Enrollment.model_id == model_id, Enrollment.name == name))
 
 
-def stored_enrollment(store: Store, model_id: str) -> np.ndarray | None:
-    """The store-level clean enrollment vector of ``model_id``, or None."""
+def stored_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> np.ndarray | None:
+    """The store-level (or ``group``'s) clean enrollment vector of ``model_id``, or None."""
     from retrieval.models import Enrollment, bytes_to_vector
 
     with store.session() as session:
-        blob = _clean_enrollment_column(session, Enrollment.vector, model_id)
+        blob = _clean_enrollment_column(session, Enrollment.vector, model_id, group)
     return None if blob is None else bytes_to_vector(blob)
+
+
+def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup, np.ndarray, float | None, Any]]:
+    """Every group enrollment of ``model_id``: (group, vector, calibrated threshold, created_at),
+    sorted by group."""
+    from sqlalchemy import select
+
+    from retrieval.models import Enrollment, bytes_to_vector
+
+    with store.session() as session:
+        rows = session.execute(select(Enrollment.sources, Enrollment.vector, Enrollment.threshold, Enrollment.created_at)
+                               .where(Enrollment.model_id == model_id, Enrollment.name.startswith(f"{CLEAN_ENROLLMENT}:"))).all()
+    found = [(EnrollmentGroup(**sources["group"]), bytes_to_vector(blob), threshold, created)
+             for sources, blob, threshold, created in rows]
+    return sorted(found, key=lambda row: (row[0].key, row[0].value))
 
 
 @dataclass
@@ -499,21 +567,25 @@ def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, qua
 
 
 def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
-                         quantile: float = 0.98, smooth_frames: int = 5) -> np.ndarray:
+                         quantile: float = 0.98, smooth_frames: int = 5, group: EnrollmentGroup | None = None) -> np.ndarray:
     """Store ``enrollment_from_clips`` of the clean ``clips`` as this store's clean enrollment for
-    ``model`` (replacing an older one), with its own detection threshold; return the vector."""
+    ``model`` — or, with ``group``, as that group's — replacing an older one, with its own detection
+    threshold; return the vector."""
     from sqlalchemy import delete
 
     from retrieval.models import Enrollment, vector_to_bytes
     from retrieval.prototypes import write_session
 
     enrollment = enrollment_from_clips(model, clips, quantile=quantile, smooth_frames=smooth_frames)
+    name = group.name if group is not None else CLEAN_ENROLLMENT
+    sources: dict[str, Any] = {"clips": [str(Path(c).resolve()) for c in clips], "frames": enrollment.frames,
+                               "seconds": enrollment.seconds, "quantile": quantile}
+    if group is not None:
+        sources["group"] = {"key": group.key, "value": group.value}
     with write_session(store) as session:
-        session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == "clean"))
-        session.add(Enrollment(name="clean", model_id=model.model_id, dim=model.dim,
-                               vector=vector_to_bytes(enrollment.vector), threshold=enrollment.threshold,
-                               sources={"clips": [str(Path(c).resolve()) for c in clips], "frames": enrollment.frames,
-                                        "seconds": enrollment.seconds, "quantile": quantile}))
+        session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == name))
+        session.add(Enrollment(name=name, model_id=model.model_id, dim=model.dim, vector=vector_to_bytes(enrollment.vector),
+                               threshold=enrollment.threshold, sources=sources))
     return enrollment.vector
 
 
@@ -526,12 +598,13 @@ def detection_threshold(store: Store | None, model: FrameModel, settings: Settin
     return float(model.threshold if stored is None else stored)
 
 
-def stored_threshold(store: Store, model_id: str) -> float | None:
-    """The detection threshold calibrated with the store's clean enrollment of ``model_id``, or None."""
+def stored_threshold(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> float | None:
+    """The detection threshold calibrated with the store's (or ``group``'s) clean enrollment of
+    ``model_id``, or None."""
     from retrieval.models import Enrollment
 
     with store.session() as session:
-        return _clean_enrollment_column(session, Enrollment.threshold, model_id)
+        return _clean_enrollment_column(session, Enrollment.threshold, model_id, group)
 
 
 def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, whole: bool = False,
@@ -618,8 +691,12 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         enrollments = {"store": stored}
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
+    # An explicit threshold wins for every group too, as it does for the store-level enrollment.
+    groups = [GroupDetection(group, vector, float(settings.threshold if settings.threshold is not None else
+                                                  (model.threshold if calibrated is None else calibrated)))
+              for group, vector, calibrated, _ in group_enrollments(store, model.model_id)]
     return IndexContext(
-        model_ref=str(settings.model), model_id=model.model_id,
+        model_ref=str(settings.model), model_id=model.model_id, groups=groups,
         threshold=detection_threshold(store, model, settings),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
@@ -688,22 +765,25 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
 
 def _attach_states(store: Store, tasks: list[FileTask], model_id: str) -> None:
     """Set each task's stored (content hash, model id, status), one query per 500 paths, and mark
-    it stale when it was indexed before the store's clean enrollment for ``model_id`` was set
-    (``degsearch enroll-clean`` changes what counts as degraded, so its files are detected again)."""
+    it stale when it was indexed before the clean enrollment it is detected against (its group's,
+    else the store's) for ``model_id`` was set (``degsearch enroll-clean`` changes what counts as
+    degraded, so those files are detected again)."""
     from sqlalchemy import select
 
     from retrieval.models import Enrollment, Recording
 
     by_path = {t.path: t for t in tasks}
     paths = list(by_path)
+    groups = [(group, created) for group, _, _, created in group_enrollments(store, model_id)]
     with store.session() as session:
-        enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, model_id)
+        store_enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, model_id)
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
                                           Recording.indexed_at).where(Recording.path.in_(paths[start:start + 500]))).all()
             for path, digest, rec_model, status, indexed_at in rows:
                 task = by_path[path]
                 task.state = (digest, rec_model, status)
+                enrolled_at = next((created for group, created in groups if group.matches(task.attributes)), store_enrolled_at)
                 task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
 
 

@@ -8,7 +8,10 @@
    none); frame score = ``1 - cosine(frame, enrollment)``; frame targets from the events at the
    model's frame rate -> ``frame_eer``, ``frame_min_dcf``, ``i_auc`` (and ``mos_i_auc`` with
    ``5 - MOS``); where manifest lines name a ``speaker``, ``per_speaker`` (each test speaker's
-   frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold);
+   frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold)
+   and, where every test speaker has clean enroll files, ``own_speaker_enrollment``: the frame EER
+   with each test file scored against its own speaker's clean enroll files instead (what
+   ``degsearch enroll-clean --group speaker=...`` does for an archive's agents);
 3. oracle segments = the events, embedded as the normalised mean of their frames; prototypes =
    per-label means of the enroll split's oracle segments -> ``verification_eer``,
    ``prototype_accuracy``, ``ari`` on the test split;
@@ -350,6 +353,9 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     eer_threshold = ev.eer_threshold(all_scores, all_targets)
     if any(d.meta.speaker is not None for d in test):
         report["per_speaker"] = _per_speaker(test, scores, targets, eer_threshold)
+        own = _own_speaker_enrollment_eer(test, clean_files, targets)
+        if own is not None:
+            report["own_speaker_enrollment"] = own
     timings["frame_metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report["i_auc"] = ev.intersection_auc(scores, gt, durations, hops)
@@ -496,6 +502,22 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
                         "clean_false_alarm": 100.0 * float((s[~t] >= threshold).mean()) if (~t).any() else math.nan,
                         "miss": 100.0 * float((s[t] < threshold).mean()) if t.any() else math.nan}
     return out
+
+
+def _own_speaker_enrollment_eer(test: list[_FileData], clean_files: list[_FileData],
+                                targets: dict[str, np.ndarray]) -> dict[str, float] | None:
+    """The frame EER (%) when each test file is scored against an enrollment made from its own
+    speaker's clean enroll files only; None unless every test file names a speaker that has some."""
+    totals: dict[str, np.ndarray] = {}
+    for d in clean_files:
+        if d.meta.speaker is not None:
+            totals[d.meta.speaker] = totals.get(d.meta.speaker, 0) + d.embeddings.astype(np.float64).sum(axis=0)
+    if not totals or any(d.meta.speaker not in totals for d in test):
+        return None
+    vectors = {spk: (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32) for spk, v in totals.items()}
+    own = np.concatenate([1.0 - d.embeddings @ vectors[d.meta.speaker] for d in test])
+    return {"frame_eer": _pct(ev.equal_error_rate(own, np.concatenate([targets[d.meta.id] for d in test]))),
+            "speakers": len({d.meta.speaker for d in test})}
 
 
 def _frame_miss_per_label(test: list[_FileData], scores: dict[str, np.ndarray], threshold: float) -> dict[str, float]:

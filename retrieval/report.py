@@ -129,6 +129,11 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         for name, v in speakers.items():
             lines.append(f"| {name} | {v.get('files')} | {_fmt(v.get('clean_s'), 1)} | {_fmt(v.get('degraded_s'), 1)} | "
                          f"{_fmt(v.get('frame_eer'), 2)} | {_fmt(v.get('clean_false_alarm'), 1)} | {_fmt(v.get('miss'), 1)} |")
+        own = report.get("own_speaker_enrollment")
+        if own:
+            lines += ["", f"With each test file scored against its own speaker's clean enroll files instead of all of them "
+                          f"(`degsearch enroll-clean --group`), the frame EER is {_fmt(own.get('frame_eer'), 2)} % "
+                          f"(pooled enrollment: {_fmt(report.get('frame_eer'), 2)} %)."]
     if images:
         lines += ["", "## Plots", ""]
         for title, key in (("DET curves of frame detection", "det"), ("Prototype assignment (row-normalised)", "confusion"),

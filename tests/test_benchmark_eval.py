@@ -164,6 +164,25 @@ def test_per_speaker_names_the_speaker_whose_clean_frames_read_degraded():
     assert per["far"]["frame_eer"] == 0.0  # alone, its own threshold still separates it
 
 
+def test_own_speaker_enrollment_scores_each_file_against_its_speakers_clean_files(evaluated):
+    from retrieval.benchmark_eval import BenchmarkFile, _FileData, _own_speaker_enrollment_eer
+
+    def file(fid: str, split: str, speaker: str, emb: list[list[float]]) -> _FileData:
+        meta = BenchmarkFile(fid, Path(f"{fid}.wav"), split, split == "enroll", [], speaker)
+        e = np.asarray(emb, np.float32)
+        return _FileData(meta, 1.0, 16000, e, np.zeros(len(e), np.float32), 0.02, np.zeros((0, 2), np.float32), np.zeros(0, bool), [])
+
+    # Speaker "x" speaks along (1, 0), "y" along (0, 1), and each one's degraded frame lies where the
+    # other one's clean speech does: against the pooled enrollment every frame scores the same.
+    enroll = [file("ex", "enroll", "x", [[1, 0]]), file("ey", "enroll", "y", [[0, 1]])]
+    test = [file("tx", "test", "x", [[1, 0], [0, 1]]), file("ty", "test", "y", [[0, 1], [1, 0]])]
+    targets = {"tx": np.array([0, 1], bool), "ty": np.array([0, 1], bool)}
+    assert _own_speaker_enrollment_eer(test, enroll, targets) == {"frame_eer": 0.0, "speakers": 2}
+    assert _own_speaker_enrollment_eer(test, enroll[:1], targets) is None  # "y" has no clean enroll file
+    rep, _, _ = evaluated
+    assert "own_speaker_enrollment" not in rep  # the fixture's spk-b has no clean enroll file either
+
+
 def test_frame_miss_per_label_names_the_degradation_whose_frames_read_clean():
     from retrieval.benchmark_eval import BenchmarkEvent, BenchmarkFile, _FileData, _frame_miss_per_label
 

@@ -231,6 +231,59 @@ def test_enroll_clean_makes_the_next_run_detect_unchanged_files_again(settings, 
     assert (again.indexed, again.skipped) == (0, 3)
 
 
+def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(settings, archive, ix_model):
+    from indexer.pipeline import EnrollmentGroup, build_context
+    from retrieval.store import Store
+
+    manifest = archive[0].parent / "calls.csv"
+    manifest.write_text("path,agent\n" + "".join(f"{p.name},{agent}\n" for p, agent in zip(archive, ("alice", "alice", "bob"))))
+    assert index_archive([str(manifest)], settings, progress=False).indexed == 3
+    alice = EnrollmentGroup.parse("agent = alice")
+    reference = ix_write(archive[0].parent / "alice_good.wav", ix_call(2.0, seed=7), 8000)
+    store = Store.open(settings)
+    try:
+        vector = set_clean_enrollment(store, ix_model, [reference], group=alice)
+        assert stored_enrollment(store, ix_model.model_id) is None  # the store-level enrollment is untouched
+        np.testing.assert_allclose(stored_enrollment(store, ix_model.model_id, alice), vector, atol=1e-6)
+        ctx = build_context(store, ix_model, ix_derive(settings, threshold=None))
+        enrollment, threshold = ctx.detection_for({"agent": "alice", "call_id": 7}, 8000)
+        np.testing.assert_allclose(enrollment, vector, atol=1e-6)
+        assert threshold == pytest.approx(stored_threshold(store, ix_model.model_id, alice))
+        other, other_threshold = ctx.detection_for({"agent": "bob"}, 8000)
+        np.testing.assert_allclose(other, ix_model.enrollment_for(8000))
+        assert other_threshold == ix_model.threshold
+        assert build_context(store, ix_model, settings).detection_for({"agent": "alice"}, 8000)[1] == settings.threshold
+    finally:
+        store.close()
+    # Only alice's two calls were indexed before her enrollment: they alone are detected again.
+    redo = index_archive([str(manifest)], settings, progress=False)
+    assert (redo.indexed, redo.skipped) == (2, 1)
+    assert index_archive([str(manifest)], settings, progress=False).skipped == 3
+
+
+@pytest.mark.parametrize("text", ["agent", "=alice", "agent=", "agent=" + "x" * 200])
+def test_enrollment_group_must_be_key_equals_value(text):
+    from indexer.pipeline import EnrollmentGroup
+
+    with pytest.raises(ConfigError, match="group"):
+        EnrollmentGroup.parse(text)
+
+
+def test_enroll_clean_command_with_group_reports_its_scope(settings, archive):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    reference = ix_write(archive[0].parent / "bob_good.wav", ix_call(2.0, seed=9), 8000)
+    result = CliRunner().invoke(app, ["enroll-clean", str(reference), "--group", "agent=bob", "--store-dir", str(settings.store_dir),
+                                      "--model", str(settings.model)])
+    assert result.exit_code == 0, result.output
+    assert "of the files with agent=bob" in result.output
+    bad = CliRunner().invoke(app, ["enroll-clean", str(reference), "--group", "bob", "--store-dir", str(settings.store_dir),
+                                   "--model", str(settings.model)])
+    assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError) and "KEY=VALUE" in str(bad.exception)
+
+
 def test_a_store_indexed_with_a_shipped_model_keeps_it_when_no_model_is_asked_for(tmp_path, ix_checkpoint, monkeypatch):
     import indexer.model as im
     from indexer.model.checkpoint import file_model_id

@@ -89,19 +89,25 @@ def register(app: typer.Typer) -> None:
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
         model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        group: Annotated[Optional[str], typer.Option(
+            help="KEY=VALUE: enroll only the files whose manifest column KEY is VALUE (e.g. agent=alice), "
+                 "with these clips; other files keep the store's enrollment.")] = None,
     ) -> None:
         """Set this store's clean enrollment and detection threshold from clean clips of your own lines.
 
         The threshold leaves DEGSEARCH_CLEAN_QUANTILE (0.98) of the clips' frames below it; an explicit
-        --threshold / DEGSEARCH_THRESHOLD still wins. The next `degsearch index` run detects files
-        indexed before this again.
+        --threshold / DEGSEARCH_THRESHOLD still wins. With --group, the enrollment applies to the
+        files indexed from a CSV/JSONL manifest whose column KEY equals VALUE: one per agent, say,
+        from each agent's own good calls (a file matching several groups takes the first by KEY, then
+        VALUE). The next `degsearch index` run detects the files indexed before this again.
         """
         from rich.console import Console
 
-        from indexer.pipeline import load_store_model, set_clean_enrollment, stored_threshold
+        from indexer.pipeline import EnrollmentGroup, load_store_model, set_clean_enrollment, stored_threshold
         from indexer.settings import get_settings
         from retrieval.store import Store
 
+        enrollment_group = EnrollmentGroup.parse(group) if group is not None else None
         settings = get_settings(store_dir=store_dir, database_url=database_url, model=model)
         if settings.database_url is None:
             settings.store_dir.mkdir(parents=True, exist_ok=True)
@@ -111,13 +117,14 @@ def register(app: typer.Typer) -> None:
             store.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
                                frame_model.threshold, {"enrollments": sorted(frame_model.enrollments)})
             vector = set_clean_enrollment(store, frame_model, [str(c) for c in clips], quantile=settings.clean_quantile,
-                                          smooth_frames=settings.smooth_frames)
-            threshold = stored_threshold(store, frame_model.model_id)
+                                          smooth_frames=settings.smooth_frames, group=enrollment_group)
+            threshold = stored_threshold(store, frame_model.model_id, enrollment_group)
         finally:
             store.close()
         default = frame_model.enrollments.get("narrowband")
         note = ""
         if default is not None:
             note = f"; cosine to the model's narrowband enrollment {float(vector @ default):.3f}"
-        Console().print(f"clean enrollment set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}; "
+        scope = f" of the files with {enrollment_group.key}={enrollment_group.value}" if enrollment_group is not None else ""
+        Console().print(f"clean enrollment{scope} set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}; "
                       f"detection threshold {threshold:.3f} (the model's: {frame_model.threshold:.3f})")
