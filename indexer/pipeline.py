@@ -525,6 +525,12 @@ def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup
     return sorted(found, key=lambda row: (row[0].key, row[0].value))
 
 
+# Less clean reference audio than this gives an unreliable threshold: on one held-out real speaker
+# (MODEL_CARD), enrollments from 8 s flagged 13-16 % of the speaker's other clean frames, from
+# 60-240 s 2-7 % (the quantile asks for 2 %). `degsearch enroll-clean` warns below it.
+MIN_REFERENCE_S = 60.0
+
+
 @dataclass
 class CleanEnrollment:
     """A clean enrollment computed from reference clips: the vector, its own detection threshold,
@@ -567,10 +573,10 @@ def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, qua
 
 
 def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
-                         quantile: float = 0.98, smooth_frames: int = 5, group: EnrollmentGroup | None = None) -> np.ndarray:
+                         quantile: float = 0.98, smooth_frames: int = 5, group: EnrollmentGroup | None = None) -> CleanEnrollment:
     """Store ``enrollment_from_clips`` of the clean ``clips`` as this store's clean enrollment for
     ``model`` — or, with ``group``, as that group's — replacing an older one, with its own detection
-    threshold; return the vector."""
+    threshold; return it."""
     from sqlalchemy import delete
 
     from retrieval.models import Enrollment, vector_to_bytes
@@ -586,7 +592,7 @@ def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | 
         session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == name))
         session.add(Enrollment(name=name, model_id=model.model_id, dim=model.dim, vector=vector_to_bytes(enrollment.vector),
                                threshold=enrollment.threshold, sources=sources))
-    return enrollment.vector
+    return enrollment
 
 
 def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:

@@ -167,7 +167,7 @@ def test_clean_enrollment_from_clips_is_stored_and_used(settings, archive, ix_mo
     store = Store.open(settings)
     try:
         store.ensure_model(ix_model.model_id, ix_model.name, ix_model.frame_rate, ix_model.dim, ix_model.threshold, {})
-        vector = set_clean_enrollment(store, ix_model, [clean])
+        vector = set_clean_enrollment(store, ix_model, [clean]).vector
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose(stored_enrollment(store, ix_model.model_id), vector, atol=1e-6)
         ctx = build_context(store, ix_model, settings)
@@ -242,7 +242,7 @@ def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(setting
     reference = ix_write(archive[0].parent / "alice_good.wav", ix_call(2.0, seed=7), 8000)
     store = Store.open(settings)
     try:
-        vector = set_clean_enrollment(store, ix_model, [reference], group=alice)
+        vector = set_clean_enrollment(store, ix_model, [reference], group=alice).vector
         assert stored_enrollment(store, ix_model.model_id) is None  # the store-level enrollment is untouched
         np.testing.assert_allclose(stored_enrollment(store, ix_model.model_id, alice), vector, atol=1e-6)
         ctx = build_context(store, ix_model, ix_derive(settings, threshold=None))
@@ -279,6 +279,7 @@ def test_enroll_clean_command_with_group_reports_its_scope(settings, archive):
                                       "--model", str(settings.model)])
     assert result.exit_code == 0, result.output
     assert "of the files with agent=bob" in result.output
+    assert "only 4 s of reference audio" in result.output  # 2 s x 2 channels: under a minute, the user is told
     bad = CliRunner().invoke(app, ["enroll-clean", str(reference), "--group", "bob", "--store-dir", str(settings.store_dir),
                                    "--model", str(settings.model)])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError) and "KEY=VALUE" in str(bad.exception)

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from indexer.pipeline import EnrollmentGroup, load_store_model, set_clean_enrollment, stored_threshold
+        from indexer.pipeline import MIN_REFERENCE_S, EnrollmentGroup, load_store_model, set_clean_enrollment
         from indexer.settings import get_settings
         from retrieval.store import Store
 
@@ -116,15 +116,18 @@ def register(app: typer.Typer) -> None:
         try:
             store.ensure_model(frame_model.model_id, frame_model.name, frame_model.frame_rate, frame_model.dim,
                                frame_model.threshold, {"enrollments": sorted(frame_model.enrollments)})
-            vector = set_clean_enrollment(store, frame_model, [str(c) for c in clips], quantile=settings.clean_quantile,
-                                          smooth_frames=settings.smooth_frames, group=enrollment_group)
-            threshold = stored_threshold(store, frame_model.model_id, enrollment_group)
+            enrollment = set_clean_enrollment(store, frame_model, [str(c) for c in clips], quantile=settings.clean_quantile,
+                                              smooth_frames=settings.smooth_frames, group=enrollment_group)
         finally:
             store.close()
         default = frame_model.enrollments.get("narrowband")
         note = ""
         if default is not None:
-            note = f"; cosine to the model's narrowband enrollment {float(vector @ default):.3f}"
+            note = f"; cosine to the model's narrowband enrollment {float(enrollment.vector @ default):.3f}"
         scope = f" of the files with {enrollment_group.key}={enrollment_group.value}" if enrollment_group is not None else ""
         Console().print(f"clean enrollment{scope} set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}; "
-                      f"detection threshold {threshold:.3f} (the model's: {frame_model.threshold:.3f})")
+                      f"detection threshold {enrollment.threshold:.3f} (the model's: {frame_model.threshold:.3f})")
+        if enrollment.seconds < MIN_REFERENCE_S:
+            Console().print(f"[yellow]warning:[/] only {enrollment.seconds:.0f} s of reference audio; with less than "
+                            f"{MIN_REFERENCE_S:.0f} s the threshold fits these clips too tightly and flags more of the "
+                            "line's other clean speech: add more good calls")
