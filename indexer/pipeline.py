@@ -525,6 +525,36 @@ def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup
     return sorted(found, key=lambda row: (row[0].key, row[0].value))
 
 
+@dataclass
+class EnrollmentInfo:
+    """One stored clean enrollment as `degsearch enrollments` lists it."""
+
+    model_id: str
+    scope: str  # "store" or the group's KEY=VALUE
+    clips: int
+    seconds: float
+    threshold: float | None
+    created_at: Any
+
+
+def list_enrollments(store: Store) -> list[EnrollmentInfo]:
+    """Every clean enrollment in ``store``, per model: the store-level one first, then the groups."""
+    from sqlalchemy import select
+
+    from retrieval.models import Enrollment
+
+    with store.session() as session:
+        rows = session.execute(select(Enrollment.model_id, Enrollment.name, Enrollment.sources, Enrollment.threshold,
+                                      Enrollment.created_at).where(Enrollment.name.startswith(CLEAN_ENROLLMENT))).all()
+    out = []
+    for model_id, name, sources, threshold, created in rows:
+        group = (sources or {}).get("group")
+        scope = f"{group['key']}={group['value']}" if group else "store"
+        out.append(EnrollmentInfo(model_id, scope, len((sources or {}).get("clips", [])), float((sources or {}).get("seconds", 0.0)),
+                                  threshold, created))
+    return sorted(out, key=lambda e: (e.model_id, e.scope != "store", e.scope))
+
+
 # Less clean reference audio than this gives an unreliable threshold: on one held-out real speaker
 # (MODEL_CARD), enrollments from 8 s flagged 13-16 % of the speaker's other clean frames, from
 # 60-240 s 2-7 % (the quantile asks for 2 %). `degsearch enroll-clean` warns below it.

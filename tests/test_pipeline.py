@@ -280,6 +280,9 @@ def test_enroll_clean_command_with_group_reports_its_scope(settings, archive):
     assert result.exit_code == 0, result.output
     assert "of the files with agent=bob" in result.output
     assert "only 4 s of reference audio" in result.output  # 2 s x 2 channels: under a minute, the user is told
+    listed = CliRunner().invoke(app, ["enrollments", "--store-dir", str(settings.store_dir)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "files with agent=bob" in listed.output and "4 s (short)" in listed.output and "every file" not in listed.output
     bad = CliRunner().invoke(app, ["enroll-clean", str(reference), "--group", "bob", "--store-dir", str(settings.store_dir),
                                    "--model", str(settings.model)])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError) and "KEY=VALUE" in str(bad.exception)

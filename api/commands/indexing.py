@@ -1,4 +1,5 @@
-"""`degsearch index` (index an archive) and `degsearch enroll-clean` (set the store's clean enrollment)."""
+"""`degsearch index` (index an archive), `degsearch enroll-clean` (set the store's or a group's clean
+enrollment) and `degsearch enrollments` (list them)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,39 @@ def register(app: typer.Typer) -> None:
             Console().print(f"[yellow]warning:[/] only {enrollment.seconds:.0f} s of reference audio; with less than "
                             f"{MIN_REFERENCE_S:.0f} s the threshold fits these clips too tightly and flags more of the "
                             "line's other clean speech: add more good calls")
+
+    @app.command("enrollments")
+    def enrollments(
+        store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
+        database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
+    ) -> None:
+        """List the store's clean enrollments: the store-level one and each group's, per model."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from indexer.pipeline import MIN_REFERENCE_S, list_enrollments
+        from indexer.settings import get_settings
+        from retrieval.store import Store
+
+        store = Store.open(get_settings(store_dir=store_dir, database_url=database_url), readonly=True)
+        try:
+            rows = list_enrollments(store)
+        finally:
+            store.close()
+        console = Console()
+        if not rows:
+            console.print("no clean enrollment set: detection uses the model's own (set one with `degsearch enroll-clean`)")
+            return
+        table = Table(title="clean enrollments", title_justify="left")
+        for column in ("model", "applies to", "clips", "reference audio", "threshold", "set at"):
+            table.add_column(column)
+        grouped = {e.model_id for e in rows if e.scope != "store"}
+        for e in rows:
+            if e.scope == "store":
+                applies = "files in no group" if e.model_id in grouped else "every file"
+            else:
+                applies = f"files with {e.scope}"
+            seconds = f"{e.seconds:.0f} s" + (" [yellow](short)[/]" if e.seconds < MIN_REFERENCE_S else "")
+            table.add_row(e.model_id[:12], applies, str(e.clips),
+                          seconds, "-" if e.threshold is None else f"{e.threshold:.3f}", f"{e.created_at:%Y-%m-%d %H:%M}")
+        console.print(table)
