@@ -544,14 +544,14 @@ def list_enrollments(store: Store) -> list[EnrollmentInfo]:
     from retrieval.models import Enrollment
 
     with store.session() as session:
-        rows = session.execute(select(Enrollment.model_id, Enrollment.name, Enrollment.sources, Enrollment.threshold,
-                                      Enrollment.created_at).where(Enrollment.name.startswith(CLEAN_ENROLLMENT))).all()
+        rows = session.execute(select(Enrollment.model_id, Enrollment.sources, Enrollment.threshold, Enrollment.created_at)
+                               .where(Enrollment.name.startswith(CLEAN_ENROLLMENT))).all()
     out = []
-    for model_id, name, sources, threshold, created in rows:
-        group = (sources or {}).get("group")
+    for model_id, sources, threshold, created in rows:
+        sources = sources or {}
+        group = sources.get("group")
         scope = f"{group['key']}={group['value']}" if group else "store"
-        out.append(EnrollmentInfo(model_id, scope, len((sources or {}).get("clips", [])), float((sources or {}).get("seconds", 0.0)),
-                                  threshold, created))
+        out.append(EnrollmentInfo(model_id, scope, len(sources.get("clips", [])), float(sources.get("seconds", 0.0)), threshold, created))
     return sorted(out, key=lambda e: (e.model_id, e.scope != "store", e.scope))
 
 
