@@ -194,11 +194,13 @@ class EnrollmentGroup:
 
 @dataclass
 class GroupDetection:
-    """A group's clean enrollment and the detection threshold its files are scored with."""
+    """A group's clean enrollment, the detection threshold its files are scored with, and when it was
+    set (files of the group indexed before then are detected again)."""
 
     group: EnrollmentGroup
     vector: np.ndarray
     threshold: float
+    enrolled_at: Any
 
 
 @dataclass
@@ -220,11 +222,15 @@ class IndexContext:
     # Group enrollments, sorted by (key, value): a file takes the first whose attribute it matches.
     groups: list[GroupDetection] = field(default_factory=list)
 
+    def group_for(self, attributes: dict[str, Any]) -> GroupDetection | None:
+        """The group enrollment a file with these manifest ``attributes`` takes, if any."""
+        return next((g for g in self.groups if g.group.matches(attributes)), None)
+
     def detection_for(self, attributes: dict[str, Any], sample_rate: int) -> tuple[np.ndarray, float]:
         """The (enrollment, threshold) a file with these manifest ``attributes`` is detected against."""
-        for g in self.groups:
-            if g.group.matches(attributes):
-                return g.vector, g.threshold
+        group = self.group_for(attributes)
+        if group is not None:
+            return group.vector, group.threshold
         return enrollment_for(self.enrollments, sample_rate), self.threshold
 
 
@@ -628,10 +634,15 @@ def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | 
 def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
     """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
     by ``enroll-clean`` with the store's enrollment, else the model's."""
+    calibrated = stored_threshold(store, model.model_id) if store is not None and settings.threshold is None else None
+    return _chosen_threshold(settings, model, calibrated)
+
+
+def _chosen_threshold(settings: Settings, model: FrameModel, calibrated: float | None) -> float:
+    """An explicit ``settings.threshold``, else the ``calibrated`` one (``enroll-clean``), else the model's."""
     if settings.threshold is not None:
         return float(settings.threshold)
-    stored = stored_threshold(store, model.model_id) if store is not None else None
-    return float(model.threshold if stored is None else stored)
+    return float(model.threshold if calibrated is None else calibrated)
 
 
 def stored_threshold(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> float | None:
@@ -727,10 +738,8 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         enrollments = {"store": stored}
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
-    # An explicit threshold wins for every group too, as it does for the store-level enrollment.
-    groups = [GroupDetection(group, vector, float(settings.threshold if settings.threshold is not None else
-                                                  (model.threshold if calibrated is None else calibrated)))
-              for group, vector, calibrated, _ in group_enrollments(store, model.model_id)]
+    groups = [GroupDetection(group, vector, _chosen_threshold(settings, model, calibrated), enrolled_at)
+              for group, vector, calibrated, enrolled_at in group_enrollments(store, model.model_id)]
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id, groups=groups,
         threshold=detection_threshold(store, model, settings),
@@ -799,10 +808,10 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
             torch.set_num_threads(previous)
 
 
-def _attach_states(store: Store, tasks: list[FileTask], model_id: str) -> None:
+def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> None:
     """Set each task's stored (content hash, model id, status), one query per 500 paths, and mark
     it stale when it was indexed before the clean enrollment it is detected against (its group's,
-    else the store's) for ``model_id`` was set (``degsearch enroll-clean`` changes what counts as
+    else the store's) for ``ctx``'s model was set (``degsearch enroll-clean`` changes what counts as
     degraded, so those files are detected again)."""
     from sqlalchemy import select
 
@@ -810,16 +819,16 @@ def _attach_states(store: Store, tasks: list[FileTask], model_id: str) -> None:
 
     by_path = {t.path: t for t in tasks}
     paths = list(by_path)
-    groups = [(group, created) for group, _, _, created in group_enrollments(store, model_id)]
     with store.session() as session:
-        store_enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, model_id)
+        store_enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, ctx.model_id)
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
                                           Recording.indexed_at).where(Recording.path.in_(paths[start:start + 500]))).all()
             for path, digest, rec_model, status, indexed_at in rows:
                 task = by_path[path]
                 task.state = (digest, rec_model, status)
-                enrolled_at = next((created for group, created in groups if group.matches(task.attributes)), store_enrolled_at)
+                group = ctx.group_for(task.attributes)
+                enrolled_at = group.enrolled_at if group is not None else store_enrolled_at
                 task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
 
 
@@ -850,7 +859,7 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
         store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                            {"enrollments": sorted(model.enrollments)})
         ctx = build_context(store, model, settings, retry_failed=retry_failed)
-        _attach_states(store, tasks, model.model_id)
+        _attach_states(store, tasks, ctx)
         summary.run_id = store.start_run(model.model_id, {
             "inputs": [str(i) for i in inputs], "engine": engine, "workers": settings.workers, "retry_failed": retry_failed,
             "threshold": ctx.threshold, "smooth_frames": ctx.smooth_frames, "bridge_gap_s": ctx.bridge_gap_s,

@@ -324,8 +324,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     # clean enrollment -----------------------------------------------------------------------------
     clean_files = [d for d in enroll if d.meta.clean]
     if clean_files:
-        total = np.sum([d.embeddings.astype(np.float64).sum(axis=0) for d in clean_files], axis=0)
-        enrollment = (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
+        enrollment = _mean_direction(clean_files)
         enrollment_source = f"{len(clean_files)} clean enroll files"
     else:
         from indexer.pipeline import enrollment_for
@@ -353,7 +352,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     eer_threshold = ev.eer_threshold(all_scores, all_targets)
     if any(d.meta.speaker is not None for d in test):
         report["per_speaker"] = _per_speaker(test, scores, targets, eer_threshold)
-        own = _own_speaker_enrollment_eer(test, clean_files, targets)
+        own = _own_speaker_enrollment_eer(test, clean_files, all_targets)
         if own is not None:
             report["own_speaker_enrollment"] = own
     timings["frame_metrics"] = time.perf_counter() - t0
@@ -504,20 +503,26 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
     return out
 
 
+def _mean_direction(files: list[_FileData]) -> np.ndarray:
+    """The clean enrollment of ``files``: the normalised mean of all their frame embeddings."""
+    total = np.sum([d.embeddings.astype(np.float64).sum(axis=0) for d in files], axis=0)
+    return (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
+
+
 def _own_speaker_enrollment_eer(test: list[_FileData], clean_files: list[_FileData],
-                                targets: dict[str, np.ndarray]) -> dict[str, float] | None:
+                                all_targets: np.ndarray) -> dict[str, float] | None:
     """The frame EER (%) when each test file is scored against an enrollment made from its own
-    speaker's clean enroll files only; None unless every test file names a speaker that has some."""
-    totals: dict[str, np.ndarray] = {}
+    speaker's clean enroll files only (``all_targets``: the test files' frame targets, concatenated
+    in order); None unless every test file names a speaker that has some."""
+    by_speaker: dict[str, list[_FileData]] = {}
     for d in clean_files:
         if d.meta.speaker is not None:
-            totals[d.meta.speaker] = totals.get(d.meta.speaker, 0) + d.embeddings.astype(np.float64).sum(axis=0)
-    if not totals or any(d.meta.speaker not in totals for d in test):
+            by_speaker.setdefault(d.meta.speaker, []).append(d)
+    if not by_speaker or any(d.meta.speaker not in by_speaker for d in test):
         return None
-    vectors = {spk: (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32) for spk, v in totals.items()}
+    vectors = {spk: _mean_direction(files) for spk, files in by_speaker.items()}
     own = np.concatenate([1.0 - d.embeddings @ vectors[d.meta.speaker] for d in test])
-    return {"frame_eer": _pct(ev.equal_error_rate(own, np.concatenate([targets[d.meta.id] for d in test]))),
-            "speakers": len({d.meta.speaker for d in test})}
+    return {"frame_eer": _pct(ev.equal_error_rate(own, all_targets)), "speakers": len({d.meta.speaker for d in test})}
 
 
 def _frame_miss_per_label(test: list[_FileData], scores: dict[str, np.ndarray], threshold: float) -> dict[str, float]:

@@ -176,7 +176,7 @@ def test_own_speaker_enrollment_scores_each_file_against_its_speakers_clean_file
     # other one's clean speech does: against the pooled enrollment every frame scores the same.
     enroll = [file("ex", "enroll", "x", [[1, 0]]), file("ey", "enroll", "y", [[0, 1]])]
     test = [file("tx", "test", "x", [[1, 0], [0, 1]]), file("ty", "test", "y", [[0, 1], [1, 0]])]
-    targets = {"tx": np.array([0, 1], bool), "ty": np.array([0, 1], bool)}
+    targets = np.array([0, 1, 0, 1], bool)  # tx's frames, then ty's
     assert _own_speaker_enrollment_eer(test, enroll, targets) == {"frame_eer": 0.0, "speakers": 2}
     assert _own_speaker_enrollment_eer(test, enroll[:1], targets) is None  # "y" has no clean enroll file
     rep, _, _ = evaluated
