@@ -65,7 +65,8 @@ def main() -> None:
             own = result.report.get("own_speaker_enrollment")
             speaker_lines.append(f"- {model} / {name}: " + ", ".join(
                 f"{spk} {format_metric(v['clean_false_alarm'], '%')}" for spk, v in speakers.items())
-                + (f"; frame EER with each speaker's own enrollment {format_metric(own['frame_eer'], '%')}" if own else ""))
+                + (f"; with each speaker's own enrollment: frame EER {format_metric(own['frame_eer'], '%')}, "
+                   f"detection F1 {format_metric(own['detection_f1'], '')}" if own else ""))
             missed = sorted(((v["frame_miss"], label) for label, v in (result.report.get("per_label") or {}).items()
                              if v.get("frame_miss") is not None and "+" not in label), reverse=True)
             miss_lines.append(f"- {model} / {name}: " + ", ".join(f"{label} {miss:.0f}" for miss, label in missed[:MOST_MISSED]))

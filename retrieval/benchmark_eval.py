@@ -11,7 +11,8 @@
    frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold)
    and, where every test speaker has clean enroll files, ``own_speaker_enrollment``: the frame EER
    with each test file scored against its own speaker's clean enroll files instead (what
-   ``degsearch enroll-clean --group speaker=...`` does for an archive's agents);
+   ``degsearch enroll-clean --group speaker=...`` does for an archive's agents), and in step 4
+   the indexer's detection F1 / precision / recall with those group enrollments;
 3. oracle segments = the events, embedded as the normalised mean of their frames; prototypes =
    per-label means of the enroll split's oracle segments -> ``verification_eer``,
    ``prototype_accuracy``, ``ari`` on the test split;
@@ -45,10 +46,12 @@ from retrieval.evaluation import EvaluationError
 
 if TYPE_CHECKING:
     from indexer.model import FrameModel
+    from indexer.pipeline import IndexSummary
     from indexer.settings import Settings
+    from retrieval.store import Store
 
 #: Bumped whenever a metric's definition or the report layout changes (reports carry it).
-EVALUATION_VERSION = 2  # 2: per_speaker
+EVALUATION_VERSION = 3  # 2: per_speaker; 3: own_speaker_enrollment's detection through the indexer
 SR = 16000
 #: Pairwise verification and clustering are O(n^2): larger test sets are subsampled (seeded).
 MAX_PAIRWISE_SEGMENTS = 3000
@@ -410,6 +413,11 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     with tempfile.TemporaryDirectory(prefix="degsearch-eval-", dir=work_dir) as tmp:
         idx_report, idx_per_label, idx_timings = _index_and_query(
             test, clean_files, model_spec, frame_model, settings, Path(tmp), say)
+        if "own_speaker_enrollment" in report:
+            t0 = time.perf_counter()
+            report["own_speaker_enrollment"].update(
+                _own_speaker_detection(test, clean_files, model_spec, frame_model, settings, Path(tmp)))
+            idx_timings["index_own_speaker"] = time.perf_counter() - t0
     report.update(idx_report)
     timings.update(idx_timings)
     for name, values in idx_per_label.items():
@@ -540,60 +548,114 @@ def _frame_miss_per_label(test: list[_FileData], scores: dict[str, np.ndarray], 
     return {name: 100.0 * m / n for name, (m, n) in sorted(missed.items()) if n}
 
 
-def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,
-                     settings: Settings, tmp: Path, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, float]]:
-    """Index the test split into a temporary store; score detection, retrieval and speed."""
-    from sqlalchemy import select
-
-    from indexer.audio import MIN_DURATION_S
-    from indexer.pipeline import index_archive, set_clean_enrollment
-    from retrieval.models import Recording, Segment
-    from retrieval.search import resolve_query
+def _index_test_split(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,
+                      settings: Settings, store_dir: Path, *, speaker_groups: bool = False) -> tuple[Settings, IndexSummary]:
+    """Index the test split with the real indexer into a new store at ``store_dir`` whose clean
+    enrollment is set from ``clean_files``, as ``degsearch enroll-clean`` would. With
+    ``speaker_groups`` each speaker of ``clean_files`` also gets a group enrollment from its own
+    files (``enroll-clean --group speaker=...``) and the test split is indexed from a manifest
+    naming each file's speaker. Returns the store's settings and the indexing summary."""
+    from indexer.pipeline import EnrollmentGroup, index_archive, set_clean_enrollment
+    from indexer.settings import Settings as _Settings
     from retrieval.store import Store
 
-    timings: dict[str, float] = {}
-    from indexer.settings import Settings as _Settings
-
     # A fresh Settings (not model_copy: that would carry a cached database URL of the original).
-    idx_settings = _Settings(**{**settings.model_dump(), "store_dir": tmp / "store", "database_url": None, "model": model_spec})
+    idx_settings = _Settings(**{**settings.model_dump(), "store_dir": store_dir, "database_url": None, "model": model_spec})
     idx_settings.store_dir.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[str]] = {}
+    if speaker_groups:
+        for d in clean_files:
+            if d.meta.speaker is not None:
+                groups.setdefault(d.meta.speaker, []).append(str(d.meta.audio))
     if clean_files:
-        # The same clean files set the store's enrollment, as `degsearch enroll-clean` would.
         store = Store.open(idx_settings)
         try:
             store.ensure_model(model.model_id, model.name, model.frame_rate, model.dim, model.threshold,
                                {"enrollments": sorted(model.enrollments)})
             set_clean_enrollment(store, model, [str(d.meta.audio) for d in clean_files],
                                  quantile=idx_settings.clean_quantile, smooth_frames=idx_settings.smooth_frames)
+            for speaker, paths in sorted(groups.items()):
+                set_clean_enrollment(store, model, paths, quantile=idx_settings.clean_quantile,
+                                     smooth_frames=idx_settings.smooth_frames, group=EnrollmentGroup("speaker", speaker))
         finally:
             store.close()
-    t0 = time.perf_counter()
-    summary = index_archive([str(d.meta.audio.resolve()) for d in test], idx_settings, progress=False)
-    timings["index"] = time.perf_counter() - t0
+    if speaker_groups:
+        manifest = store_dir / "test-split.jsonl"
+        manifest.write_text("".join(json.dumps({"path": str(d.meta.audio.resolve()), "speaker": d.meta.speaker}) + "\n"
+                                    for d in test))
+        inputs = [str(manifest)]
+    else:
+        inputs = [str(d.meta.audio.resolve()) for d in test]
+    summary = index_archive(inputs, idx_settings, progress=False)
     if summary.failed:
         raise EvaluationError(f"the indexer failed on {summary.failed} test files: "
                               + "; ".join(f"{f.path}: {f.error}" for f in summary.failures[:3]),
                               "fix or drop those files from the benchmark")
-    say(f"indexed {summary.indexed} files, {summary.segments} segments, {summary.realtime_factor:.1f}x real time")
+    return idx_settings, summary
+
+
+def _channel0_segments(store: Store, test: list[_FileData]) -> list[tuple[int, _FileData, float, float]]:
+    """(segment id, test file, start s, end s) of every stored segment of channel 0, the channel
+    a benchmark's events annotate."""
+    from sqlalchemy import select
+
+    from retrieval.models import Recording, Segment
 
     by_path = {str(d.meta.audio.resolve()): d for d in test}
+    with store.session() as session:
+        rows = session.execute(select(Segment.id, Recording.path, Segment.channel, Segment.start_s, Segment.end_s)
+                               .join(Recording, Recording.id == Segment.recording_id)).all()
+    out = []
+    for seg_id, path, channel, start, end in rows:
+        d = by_path.get(str(Path(path).resolve()))
+        if d is not None and int(channel) == 0:
+            out.append((int(seg_id), d, float(start), float(end)))
+    return out
+
+
+def _own_speaker_detection(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,
+                           settings: Settings, tmp: Path) -> dict[str, float]:
+    """Detection F1, precision and recall of the real indexer when every speaker has its own group
+    enrollment (``enroll-clean --group speaker=...``) made from its clean enroll files."""
+    from retrieval.store import Store
+
+    idx_settings, _ = _index_test_split(test, clean_files, model_spec, model, settings, tmp / "own-speaker-store",
+                                        speaker_groups=True)
     store = Store.open(idx_settings, readonly=True)
     try:
-        with store.session() as session:
-            rows = session.execute(select(Segment.id, Recording.path, Segment.channel, Segment.start_s, Segment.end_s)
-                                   .join(Recording, Recording.id == Segment.recording_id)).all()
+        detections: dict[str, list[tuple[float, float]]] = {d.meta.id: [] for d in test}
+        for _, d, start, end in _channel0_segments(store, test):
+            detections[d.meta.id].append((start, end))
+    finally:
+        store.close()
+    det = ev.detection_f1(detections, {d.meta.id: [(e.start, e.end) for e in d.meta.events] for d in test})
+    return {"detection_f1": det.f1, "detection_precision": det.precision, "detection_recall": det.recall}
+
+
+def _index_and_query(test: list[_FileData], clean_files: list[_FileData], model_spec: str, model: FrameModel,
+                     settings: Settings, tmp: Path, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, float]]:
+    """Index the test split into a temporary store; score detection, retrieval and speed."""
+    from indexer.audio import MIN_DURATION_S
+    from retrieval.search import resolve_query
+    from retrieval.store import Store
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    idx_settings, summary = _index_test_split(test, clean_files, model_spec, model, settings, tmp / "store")
+    timings["index"] = time.perf_counter() - t0
+    say(f"indexed {summary.indexed} files, {summary.segments} segments, {summary.realtime_factor:.1f}x real time")
+
+    store = Store.open(idx_settings, readonly=True)
+    try:
         seg_ids: list[int] = []
         seg_file: list[str] = []
         seg_label: list[str | None] = []
         detections: dict[str, list[tuple[float, float]]] = {d.meta.id: [] for d in test}
-        for seg_id, path, channel, start, end in rows:
-            d = by_path.get(str(Path(path).resolve()))
-            if d is None or int(channel) != 0:  # stereo: channel 0 is the one annotated
-                continue
-            seg_ids.append(int(seg_id))
+        for seg_id, d, start, end in _channel0_segments(store, test):
+            seg_ids.append(seg_id)
             seg_file.append(d.meta.id)
-            detections[d.meta.id].append((float(start), float(end)))
-            seg_label.append(ev.majority_label((float(start), float(end)), [(e.start, e.end, e.label) for e in d.meta.events]))
+            detections[d.meta.id].append((start, end))
+            seg_label.append(ev.majority_label((start, end), [(e.start, e.end, e.label) for e in d.meta.events]))
         events = {d.meta.id: [(e.start, e.end) for e in d.meta.events] for d in test}
         det = ev.detection_f1(detections, events)
         per_label: dict[str, dict[str, float]] = {}

@@ -133,7 +133,8 @@ def render_markdown(report: dict[str, Any], images: dict[str, Path] | None = Non
         if own:
             lines += ["", f"With each test file scored against its own speaker's clean enroll files instead of all of them "
                           f"(`degsearch enroll-clean --group`), the frame EER is {_fmt(own.get('frame_eer'), 2)} % "
-                          f"(pooled enrollment: {_fmt(report.get('frame_eer'), 2)} %)."]
+                          f"(pooled enrollment: {_fmt(report.get('frame_eer'), 2)} %), and the indexer's detection F1 "
+                          f"{_fmt(own.get('detection_f1'))} (pooled: {_fmt(report.get('detection_f1'))})."]
     if images:
         lines += ["", "## Plots", ""]
         for title, key in (("DET curves of frame detection", "det"), ("Prototype assignment (row-normalised)", "confusion"),

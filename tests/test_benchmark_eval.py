@@ -44,6 +44,7 @@ def _write_benchmark(root: Path) -> Path:
     (bench / "audio").mkdir(parents=True)
     plan = [  # (id, split, clean, seconds, events, speaker)
         ("e-clean", "enroll", True, 3.0, [], "spk-a"),
+        ("e-clean-b", "enroll", True, 2.0, [], "spk-b"),
         ("e-deg", "enroll", False, 4.0, [(0.5, 1.3, LABELS[0]), (1.8, 2.6, LABELS[1]), (3.0, 3.7, LABELS[2])], "spk-b"),
         ("t-clean", "test", True, 2.5, [], "spk-a"),
         ("t-deg1", "test", False, 4.0, [(0.4, 1.2, LABELS[0]), (2.0, 2.9, LABELS[1])], "spk-a"),
@@ -112,12 +113,12 @@ def test_report_describes_model_benchmark_and_version(evaluated):
     rep, _, _ = evaluated
     assert rep["model"]["id"] and rep["model"]["frame_rate"] > 0
     bench = rep["benchmark"]
-    assert (bench["files"], bench["events"], bench["labels"]) == (5, 8, 3)
+    assert (bench["files"], bench["events"], bench["labels"]) == (6, 8, 3)
     assert bench["test"] == {"files": 3, "seconds": pytest.approx(10.5, abs=0.05), "events": 5, "labels": 3}
-    assert bench["seconds"] == pytest.approx(17.5, abs=0.1)
+    assert bench["seconds"] == pytest.approx(19.5, abs=0.1)
     assert "evaluation" in rep["version"]
     assert len(bench["fingerprint"]) == 16
-    assert bench["enrollment"].startswith("1 clean")
+    assert bench["enrollment"].startswith("2 clean")
 
 
 def test_benchmark_fingerprint_tells_identical_benchmarks_from_changed_audio(tmp_path):
@@ -179,8 +180,48 @@ def test_own_speaker_enrollment_scores_each_file_against_its_speakers_clean_file
     targets = np.array([0, 1, 0, 1], bool)  # tx's frames, then ty's
     assert _own_speaker_enrollment_eer(test, enroll, targets) == {"frame_eer": 0.0, "speakers": 2}
     assert _own_speaker_enrollment_eer(test, enroll[:1], targets) is None  # "y" has no clean enroll file
-    rep, _, _ = evaluated
-    assert "own_speaker_enrollment" not in rep  # the fixture's spk-b has no clean enroll file either
+    rep, out_dir, _ = evaluated
+    own = rep["own_speaker_enrollment"]  # the fixture's speakers each have a clean enroll file
+    assert own["speakers"] == 2 and 0.0 <= own["frame_eer"] <= 100.0
+    for key in ("detection_f1", "detection_precision", "detection_recall"):
+        assert 0.0 <= own[key] <= 1.0, key
+    assert "its own speaker's clean enroll files" in (out_dir / "report.md").read_text()
+
+
+def test_own_speaker_indexing_gives_each_speaker_a_group_enrollment(tmp_path):
+    """The indexer run behind own_speaker_enrollment's detection figures enrolls each speaker's
+    clean files as its group and indexes the test split from a manifest naming the speakers."""
+    import torch
+
+    torch.set_num_threads(1)
+    from indexer.audio import load_audio
+    from indexer.model import load_model
+    from indexer.model.checkpoint import build_untrained_checkpoint
+    from indexer.pipeline import list_enrollments
+    from indexer.settings import Settings
+    from retrieval.benchmark_eval import _channel0_segments, _FileData, _index_test_split, read_manifest
+    from retrieval.store import Store
+
+    checkpoint = tmp_path / "untrained.pt"
+    build_untrained_checkpoint(checkpoint)
+    model = load_model(str(checkpoint))
+    files = []
+    for meta in read_manifest(_write_benchmark(tmp_path)):
+        out = model.embed(load_audio(meta.audio, target_sr=16000).samples[0])
+        files.append(_FileData(meta, 1.0, 8000, out.embeddings, np.asarray(out.mos, np.float32), out.hop_s,
+                               np.zeros((0, model.dim), np.float32), np.zeros(0, bool), []))
+    test = [d for d in files if d.meta.split == "test"]
+    clean = [d for d in files if d.meta.split == "enroll" and d.meta.clean]
+    settings, summary = _index_test_split(test, clean, str(checkpoint), model, Settings(), tmp_path / "store", speaker_groups=True)
+    assert summary.indexed == len(test) and summary.failed == 0
+    store = Store.open(settings, readonly=True)
+    try:
+        scopes = [(e.scope, e.clips) for e in list_enrollments(store)]
+        segments = _channel0_segments(store, test)
+    finally:
+        store.close()
+    assert scopes == [("store", 2), ("speaker=spk-a", 1), ("speaker=spk-b", 1)]
+    assert all(d in test and 0.0 <= start < end for _, d, start, end in segments)
 
 
 def test_frame_miss_per_label_names_the_degradation_whose_frames_read_clean():
