@@ -53,7 +53,7 @@ class ModelError(DegsearchError):
 
 
 class NotFoundError(DegsearchError):
-    """A segment, recording or prototype id/name does not exist."""
+    """A segment, recording, prototype or enrollment id/name does not exist."""
 
     code = "not_found"
     exit_code = 6

@@ -1,8 +1,8 @@
 """The batch indexer: an audio archive in, degraded segments in the store out.
 
 Flow per file (:func:`process_file`, run in worker processes or in-process):
-hash -> skip if (hash, model id) are unchanged, the file is done and was indexed after the store's
-clean enrollment was last set -> stream-decode in chunks
+hash -> skip if (hash, model id) are unchanged, the file is done and was detected against the
+clean enrollment it would get now (:func:`enrollment_key`) -> stream-decode in chunks
 (16 kHz, every channel) -> frame model in batches -> streaming detection per channel against the
 clean enrollment -> nearest-prototype labels -> a :class:`RecordingResult`. The main process is the
 single writer: each result is committed by ``Store.write_recording`` in one transaction (its old
@@ -39,7 +39,7 @@ import numpy as np
 
 from indexer.audio import AUDIO_EXTENSIONS, MIN_DURATION_S, TARGET_SR, AudioStream, content_hash, load_audio
 from indexer.detect import SegmentDetector, frame_scores
-from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, StoreError
+from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, NotFoundError, StoreError
 from indexer.records import DetectedSegment, FrameOutput, RecordingFailure, RecordingResult
 from indexer.settings import Settings
 
@@ -64,7 +64,7 @@ class FileTask:
     attributes: dict[str, Any] = field(default_factory=dict)
     state: tuple[str | None, str | None, str] | None = None  # (content_hash, model_id, status)
     size: int = 0
-    stale: bool = False  # indexed before the store's clean enrollment was (re)set: detect again
+    stale: bool = False  # detected against another clean enrollment than it would get now: detect again
 
 
 def _has_glob(text: str) -> bool:
@@ -161,6 +161,17 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> list[FileTask]:
 
 
 CLEAN_ENROLLMENT = "clean"  # the store-level enrollment row's name; a group's is "clean:KEY=VALUE"
+MODEL_ENROLLMENT = "model"  # Recording.detected_with of files detected against the model's own enrollment
+
+
+def enrollment_key(name: str, vector: np.ndarray, threshold: float | None) -> str:
+    """What ``Recording.detected_with`` records for a stored clean enrollment: its row name and a
+    digest of its vector and calibrated threshold, so setting it from other clips, or removing
+    it, makes the files detected against it due again (re-enrolling the same clips does not)."""
+    import hashlib
+
+    digest = hashlib.sha1(np.asarray(vector, dtype="<f4").tobytes() + repr(threshold).encode()).hexdigest()[:16]
+    return f"{name}#{digest}"
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,7 @@ class GroupDetection:
     vector: np.ndarray
     threshold: float
     enrolled_at: Any
+    key: str  # enrollment_key of the group's row
 
 
 @dataclass
@@ -221,6 +233,8 @@ class IndexContext:
     retry_failed: bool = False
     # Group enrollments, sorted by (key, value): a file takes the first whose attribute it matches.
     groups: list[GroupDetection] = field(default_factory=list)
+    # enrollment_key of the store-level enrollment (MODEL_ENROLLMENT: none, the model's own is used).
+    store_key: str = MODEL_ENROLLMENT
 
     def group_for(self, attributes: dict[str, Any]) -> GroupDetection | None:
         """The group enrollment a file with these manifest ``attributes`` takes, if any."""
@@ -232,6 +246,11 @@ class IndexContext:
         if group is not None:
             return group.vector, group.threshold
         return enrollment_for(self.enrollments, sample_rate), self.threshold
+
+    def detected_with(self, attributes: dict[str, Any]) -> str:
+        """The key of the clean enrollment a file with these manifest ``attributes`` is detected against."""
+        group = self.group_for(attributes)
+        return group.key if group is not None else self.store_key
 
 
 @dataclass
@@ -384,6 +403,7 @@ def process_file(ctx: IndexContext, model: FrameModel, task: FileTask) -> FileOu
         model_id=ctx.model_id, segments=segments, analysed_s=duration_s * stream.channels,
         degraded_s=float(sum(s.duration_s for s in segments)),
         mean_mos=float(mos_total / frames_total) if frames_total else None, attributes=dict(task.attributes),
+        detected_with=ctx.detected_with(task.attributes),
     )
     return FileOutcome("indexed", task.path, result=result, audio_s=duration_s, size=task.size, timings=timings)
 
@@ -631,6 +651,23 @@ def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | 
     return enrollment
 
 
+def remove_clean_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> None:
+    """Delete the store-level (or ``group``'s) clean enrollment of ``model_id``. The files detected
+    against it are detected again, against what applies to them now, on the next index run."""
+    from sqlalchemy import delete
+
+    from retrieval.models import Enrollment
+    from retrieval.prototypes import write_session
+
+    name = group.name if group is not None else CLEAN_ENROLLMENT
+    with write_session(store) as session:
+        removed = session.execute(delete(Enrollment).where(Enrollment.model_id == model_id, Enrollment.name == name)).rowcount
+    if not removed:
+        scope = f"group {group.key}={group.value}" if group is not None else "the store"
+        raise NotFoundError(f"no clean enrollment of {scope} for model {model_id[:12]}",
+                            "`degsearch enrollments` lists the ones set")
+
+
 def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
     """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
     by ``enroll-clean`` with the store's enrollment, else the model's."""
@@ -734,14 +771,17 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
     """The worker context for ``model`` on ``store`` (enrollments, prototypes, detection settings)."""
     enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in model.enrollments.items()}
     stored = stored_enrollment(store, model.model_id)
+    store_key = MODEL_ENROLLMENT
     if stored is not None:
         enrollments = {"store": stored}
+        store_key = enrollment_key(CLEAN_ENROLLMENT, stored, stored_threshold(store, model.model_id))
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
-    groups = [GroupDetection(group, vector, _chosen_threshold(settings, model, calibrated), enrolled_at)
+    groups = [GroupDetection(group, vector, _chosen_threshold(settings, model, calibrated), enrolled_at,
+                             enrollment_key(group.name, vector, calibrated))
               for group, vector, calibrated, enrolled_at in group_enrollments(store, model.model_id)]
     return IndexContext(
-        model_ref=str(settings.model), model_id=model.model_id, groups=groups,
+        model_ref=str(settings.model), model_id=model.model_id, groups=groups, store_key=store_key,
         threshold=detection_threshold(store, model, settings),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
@@ -810,9 +850,10 @@ def _outcomes(tasks: list[FileTask], ctx: IndexContext, model: FrameModel, setti
 
 def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> None:
     """Set each task's stored (content hash, model id, status), one query per 500 paths, and mark
-    it stale when it was indexed before the clean enrollment it is detected against (its group's,
-    else the store's) for ``ctx``'s model was set (``degsearch enroll-clean`` changes what counts as
-    degraded, so those files are detected again)."""
+    it stale when the clean enrollment it would be detected against now (its group's, else the
+    store's, else the model's) is not the one it was detected against: `degsearch enroll-clean`
+    and `remove-enrollment` change what counts as degraded, so those files are detected again.
+    A file listed without manifest attributes keeps the ones stored with it."""
     from sqlalchemy import select
 
     from retrieval.models import Enrollment, Recording
@@ -823,13 +864,19 @@ def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> No
         store_enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, ctx.model_id)
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
-                                          Recording.indexed_at).where(Recording.path.in_(paths[start:start + 500]))).all()
-            for path, digest, rec_model, status, indexed_at in rows:
+                                          Recording.indexed_at, Recording.detected_with, Recording.attributes)
+                                   .where(Recording.path.in_(paths[start:start + 500]))).all()
+            for path, digest, rec_model, status, indexed_at, detected_with, attributes in rows:
                 task = by_path[path]
                 task.state = (digest, rec_model, status)
-                group = ctx.group_for(task.attributes)
-                enrolled_at = group.enrolled_at if group is not None else store_enrolled_at
-                task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
+                if not task.attributes and attributes:
+                    task.attributes = dict(attributes)
+                if detected_with is not None:
+                    task.stale = detected_with != ctx.detected_with(task.attributes)
+                else:  # indexed before the store recorded it: detected again if its enrollment was set since
+                    group = ctx.group_for(task.attributes)
+                    enrolled_at = group.enrolled_at if group is not None else store_enrolled_at
+                    task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
 
 
 def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local", retry_failed: bool = False,

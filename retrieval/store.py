@@ -665,6 +665,7 @@ class Store:
             rec.attributes = dict(result.attributes or {})
             rec.status, rec.error, rec.error_stage = "done", None, None
             rec.model_id, rec.index_run_id, rec.indexed_at = result.model_id, run_id, utcnow()
+            rec.detected_with = result.detected_with
             rec.analysed_s, rec.degraded_s = float(result.analysed_s), float(result.degraded_s)
             rec.mean_mos = None if result.mean_mos is None else float(result.mean_mos)
             session.flush()

@@ -4,6 +4,7 @@ re-index, labels, enrollments, worker processes and the CLI."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def recordings(settings) -> dict[str, dict]:
             rows = session.scalars(select(Recording)).all()
             return {r.path: {"status": r.status, "channels": r.channels, "duration_s": r.duration_s, "analysed_s": r.analysed_s,
                              "degraded_s": r.degraded_s, "mean_mos": r.mean_mos, "attributes": r.attributes, "error": r.error,
-                             "sample_rate": r.sample_rate, "hash": r.content_hash} for r in rows}
+                             "sample_rate": r.sample_rate, "hash": r.content_hash, "detected_with": r.detected_with} for r in rows}
     finally:
         store.close()
 
@@ -259,6 +260,95 @@ def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(setting
     redo = index_archive([str(manifest)], settings, progress=False)
     assert (redo.indexed, redo.skipped) == (2, 1)
     assert index_archive([str(manifest)], settings, progress=False).skipped == 3
+
+
+def test_removing_a_group_enrollment_detects_its_files_again_with_the_store_level_one(settings, archive, ix_model):
+    from indexer.errors import NotFoundError
+    from indexer.pipeline import CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, remove_clean_enrollment
+    from retrieval.store import Store
+
+    manifest = archive[0].parent / "calls.csv"
+    manifest.write_text("path,agent\n" + "".join(f"{p.name},{agent}\n" for p, agent in zip(archive, ("alice", "alice", "bob"))))
+    alice = EnrollmentGroup("agent", "alice")
+    store_ref = ix_write(archive[0].parent / "line_good.wav", ix_call(2.0, seed=6), 8000)
+    alice_ref = ix_write(archive[0].parent / "alice_good.wav", ix_call(2.0, seed=7), 8000)
+    store = Store.open(settings)
+    try:
+        set_clean_enrollment(store, ix_model, [store_ref])
+        set_clean_enrollment(store, ix_model, [alice_ref], group=alice)
+    finally:
+        store.close()
+    assert index_archive([str(manifest)], settings, progress=False).indexed == 3
+    detected_with = {Path(p).name: r["detected_with"] for p, r in recordings(settings).items()}
+    assert {detected_with[p.name].split("#")[0] for p in archive} == {alice.name, CLEAN_ENROLLMENT}
+    store = Store.open(settings)
+    try:
+        set_clean_enrollment(store, ix_model, [alice_ref], group=alice)  # the same clips again: nothing to redo
+    finally:
+        store.close()
+    assert index_archive([str(manifest)], settings, progress=False).skipped == 3
+    store = Store.open(settings)
+    try:
+        remove_clean_enrollment(store, ix_model.model_id, alice)
+        with pytest.raises(NotFoundError, match="agent=alice"):
+            remove_clean_enrollment(store, ix_model.model_id, alice)
+    finally:
+        store.close()
+    # Listed as plain paths this time: the files keep their stored agent, so alice's two calls
+    # alone are detected again, now against the store-level enrollment.
+    redo = index_archive([str(p) for p in archive], settings, progress=False)
+    assert (redo.indexed, redo.skipped) == (2, 1)
+    rows = recordings(settings)
+    assert [rows[str(p)]["attributes"]["agent"] for p in archive] == ["alice", "alice", "bob"]
+    assert len({rows[str(p)]["detected_with"] for p in archive}) == 1
+    store = Store.open(settings)
+    try:
+        remove_clean_enrollment(store, ix_model.model_id)  # the store-level one: every file falls back to the model's
+    finally:
+        store.close()
+    assert index_archive([str(manifest)], settings, progress=False).indexed == 3
+    assert {r["detected_with"] for r in recordings(settings).values()} == {MODEL_ENROLLMENT}
+
+
+def test_files_indexed_before_enrollments_were_recorded_are_detected_again_only_after_a_newer_enrollment(settings, archive, ix_model):
+    from sqlalchemy import update
+
+    from retrieval.models import Recording
+    from retrieval.store import Store
+
+    index_archive([str(p) for p in archive], settings, progress=False)
+    store = Store.open(settings)
+    try:
+        with store.write_session() as session:  # as migration 0003 leaves a store's older rows
+            session.execute(update(Recording).values(detected_with=None))
+    finally:
+        store.close()
+    assert index_archive([str(p) for p in archive], settings, progress=False).skipped == 3
+    store = Store.open(settings)
+    try:
+        with store.write_session() as session:
+            session.execute(update(Recording).values(detected_with=None))
+        set_clean_enrollment(store, ix_model, [ix_write(archive[0].parent / "reference.wav", ix_call(2.0, seed=5), 8000)])
+    finally:
+        store.close()
+    assert index_archive([str(p) for p in archive], settings, progress=False).indexed == 3
+
+
+def test_remove_enrollment_command_reports_what_it_removed(settings, archive):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    reference = ix_write(archive[0].parent / "bob_good.wav", ix_call(2.0, seed=9), 8000)
+    common = ["--store-dir", str(settings.store_dir), "--model", str(settings.model)]
+    assert CliRunner().invoke(app, ["enroll-clean", str(reference), "--group", "agent=bob", *common]).exit_code == 0
+    result = CliRunner().invoke(app, ["remove-enrollment", "--group", "agent=bob", *common])
+    assert result.exit_code == 0, result.output
+    assert "removed the clean enrollment of the files with agent=bob" in result.output
+    listed = CliRunner().invoke(app, ["enrollments", "--store-dir", str(settings.store_dir)])
+    assert "no clean enrollment set" in listed.output
+    missing = CliRunner().invoke(app, ["remove-enrollment", *common])
+    assert missing.exit_code != 0 and "no clean enrollment of the store" in str(missing.exception)
 
 
 @pytest.mark.parametrize("text", ["agent", "=alice", "agent=", "agent=" + "x" * 200])

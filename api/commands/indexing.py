@@ -133,6 +133,37 @@ def register(app: typer.Typer) -> None:
                             f"{MIN_REFERENCE_S:.0f} s the threshold fits these clips too tightly and flags more of the "
                             "line's other clean speech: add more good calls")
 
+    @app.command("remove-enrollment")
+    def remove_enrollment(
+        store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
+        database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        group: Annotated[Optional[str], typer.Option(help="KEY=VALUE: remove that group's enrollment instead of the store-level one.")] = None,
+    ) -> None:
+        """Remove the store's clean enrollment (or one group's) set by `degsearch enroll-clean`.
+
+        Its files fall back to what applies to them now (the store-level enrollment for a group's
+        files, the model's own for the store's); the next `degsearch index` run over them detects
+        them again. `degsearch enrollments` lists what is set.
+        """
+        from rich.console import Console
+
+        from indexer.pipeline import EnrollmentGroup, load_store_model, remove_clean_enrollment
+        from indexer.settings import get_settings
+        from retrieval.store import Store
+
+        enrollment_group = EnrollmentGroup.parse(group) if group is not None else None
+        settings = get_settings(store_dir=store_dir, database_url=database_url, model=model)
+        frame_model = load_store_model(settings)
+        store = Store.open(settings)
+        try:
+            remove_clean_enrollment(store, frame_model.model_id, enrollment_group)
+        finally:
+            store.close()
+        scope = f"of the files with {enrollment_group.key}={enrollment_group.value}" if enrollment_group is not None else "of the store"
+        Console().print(f"removed the clean enrollment {scope} for model {frame_model.name} ({frame_model.model_id[:12]}); "
+                        "the next `degsearch index` run detects its files again")
+
     @app.command("enrollments")
     def enrollments(
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
