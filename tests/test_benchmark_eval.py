@@ -180,12 +180,14 @@ def test_own_speaker_enrollment_scores_each_file_against_its_speakers_clean_file
     targets = np.array([0, 1, 0, 1], bool)  # tx's frames, then ty's
     assert _own_speaker_enrollment_eer(test, enroll, targets) == {"frame_eer": 0.0, "speakers": 2}
     assert _own_speaker_enrollment_eer(test, enroll[:1], targets) is None  # "y" has no clean enroll file
-    rep, out_dir, _ = evaluated
+    rep, out_dir, output = evaluated
     own = rep["own_speaker_enrollment"]  # the fixture's speakers each have a clean enroll file
     assert own["speakers"] == 2 and 0.0 <= own["frame_eer"] <= 100.0
     for key in ("detection_f1", "detection_precision", "detection_recall"):
         assert 0.0 <= own[key] <= 1.0, key
     assert "its own speaker's clean enroll files" in (out_dir / "report.md").read_text()
+    printed = " ".join(output.split())  # Rich wraps long lines at the terminal width
+    assert "with each speaker's own clean enrollment" in printed and f"detection F1 {own['detection_f1']:.3f}" in printed
 
 
 def test_own_speaker_indexing_gives_each_speaker_a_group_enrollment(tmp_path):

@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
                 cells += [format_metric(base.get("dnsmos", {}).get(key), unit), format_metric(base.get("logmel", {}).get(key), unit)]
             table.add_row(*cells)
         console.print(table)
+        own = rep.get("own_speaker_enrollment")
+        if own:
+            console.print(f"with each speaker's own clean enrollment (`enroll-clean --group`): frame EER "
+                          f"{format_metric(own.get('frame_eer'), '%')} %, detection F1 {format_metric(own.get('detection_f1'), '')}")
         console.print(f"model id {rep['model']['id']} · {rep['version']} · {rep['timings_s']['total']:.1f} s")
         for note in rep.get("notes") or []:
             console.print(f"[yellow]note:[/] {note}")
