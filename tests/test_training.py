@@ -309,6 +309,25 @@ def test_an_ensemble_recipe_trains_each_member_then_joins_them_calibrated_and_re
     assert (tmp_path / "log.txt").read_text().count("kept") == 2
 
 
+def test_an_ensemble_member_spec_with_at_n_trains_the_same_preset_with_the_seed_moved_by_n(shard_root, tmp_path, monkeypatch):
+    from indexer.training.train import parse_member
+
+    tiny = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
+                   network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
+    assert parse_member("tiny") == ("tiny", 0) and parse_member("tiny@2") == ("tiny", 2)
+    for bad in ("tiny@", "tiny@x", "tiny@-1", "nosuch@1"):
+        with pytest.raises(ConfigError, match="ensemble member"):
+            parse_member(bad)
+    out = tmp_path / "seeds.pt"
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    summary = train(shard_root, out, TrainConfig(members=["tiny", "tiny@1"], seed=3, threads=1), console=console)
+    console.file.close()
+    members = [member_path(out, "tiny"), member_path(out, "tiny@1")]
+    assert [read_checkpoint(p)["meta"]["recipe"]["train_config"]["seed"] for p in members] == [3, 4]
+    assert summary["members"] == [file_model_id(p) for p in members] and len(set(summary["members"])) == 2
+
+
 def test_an_ensemble_recipe_with_a_distilled_member_builds_its_teacher_first_and_trains_each_network_once(shard_root, tmp_path, monkeypatch):
     tiny = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
                    network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})

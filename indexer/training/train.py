@@ -116,6 +116,7 @@ class TrainConfig:
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
+    # "NAME@N" trains preset NAME with this seed + N: two seeds of one recipe as two members.
     members: list[str] = field(default_factory=list)
 
 
@@ -433,8 +434,19 @@ def teacher_embeddings(teacher: str, audio: np.ndarray, frames: int, console: Co
 
 
 def member_path(out: Path, name: str) -> Path:
-    """Where an ensemble recipe writes its member trained with preset ``name``: beside ``out``."""
+    """Where an ensemble recipe writes its member trained with preset ``name`` (a member spec,
+    ``NAME`` or ``NAME@N``): beside ``out``."""
     return out.with_name(f"{out.stem}.{name}{out.suffix}")
+
+
+def parse_member(spec: str) -> tuple[str, int]:
+    """An ensemble member spec -> (preset name, seed offset): ``"telephone"`` -> ``("telephone", 0)``,
+    ``"telephone@1"`` -> ``("telephone", 1)``."""
+    name, sep, offset = spec.partition("@")
+    if name not in PRESETS or (sep and not offset.isdigit()):
+        raise ConfigError(f"ensemble member {spec!r} is not a preset name, optionally with @N (N: a seed offset)",
+                          f"use one of {', '.join(sorted(PRESETS))}, e.g. telephone or telephone@1")
+    return name, int(offset) if sep else 0
 
 
 def train_ensemble(data: Path, out: Path, cfg: TrainConfig, *, resume: bool, console: Console) -> dict:
@@ -451,7 +463,8 @@ def train_ensemble(data: Path, out: Path, cfg: TrainConfig, *, resume: bool, con
         if name in built:
             return built[name]
         path = member_path(out, name)
-        preset = replace(PRESETS[name], seed=cfg.seed, threads=cfg.threads)
+        preset_name, seed_offset = parse_member(name)
+        preset = replace(PRESETS[preset_name], seed=cfg.seed + seed_offset, threads=cfg.threads)
         if resume and path.with_suffix(".json").is_file():
             console.print(f"{name}: kept {path}")
         elif preset.members:
