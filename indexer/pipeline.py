@@ -771,10 +771,11 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
     """The worker context for ``model`` on ``store`` (enrollments, prototypes, detection settings)."""
     enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in model.enrollments.items()}
     stored = stored_enrollment(store, model.model_id)
+    calibrated = stored_threshold(store, model.model_id)  # read once: the store's key and the threshold
     store_key = MODEL_ENROLLMENT
     if stored is not None:
         enrollments = {"store": stored}
-        store_key = enrollment_key(CLEAN_ENROLLMENT, stored, stored_threshold(store, model.model_id))
+        store_key = enrollment_key(CLEAN_ENROLLMENT, stored, calibrated)
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
     groups = [GroupDetection(group, vector, _chosen_threshold(settings, model, calibrated), enrolled_at,
@@ -782,7 +783,7 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
               for group, vector, calibrated, enrolled_at in group_enrollments(store, model.model_id)]
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id, groups=groups, store_key=store_key,
-        threshold=detection_threshold(store, model, settings),
+        threshold=_chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
         chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,

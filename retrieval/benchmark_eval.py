@@ -517,15 +517,21 @@ def _mean_direction(files: list[_FileData]) -> np.ndarray:
     return (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
 
 
+def _clean_files_by_speaker(clean_files: list[_FileData]) -> dict[str, list[_FileData]]:
+    """The clean enroll files of each named speaker (files naming none are left out)."""
+    by_speaker: dict[str, list[_FileData]] = {}
+    for d in clean_files:
+        if d.meta.speaker is not None:
+            by_speaker.setdefault(d.meta.speaker, []).append(d)
+    return by_speaker
+
+
 def _own_speaker_enrollment_eer(test: list[_FileData], clean_files: list[_FileData],
                                 all_targets: np.ndarray) -> dict[str, float] | None:
     """The frame EER (%) when each test file is scored against an enrollment made from its own
     speaker's clean enroll files only (``all_targets``: the test files' frame targets, concatenated
     in order); None unless every test file names a speaker that has some."""
-    by_speaker: dict[str, list[_FileData]] = {}
-    for d in clean_files:
-        if d.meta.speaker is not None:
-            by_speaker.setdefault(d.meta.speaker, []).append(d)
+    by_speaker = _clean_files_by_speaker(clean_files)
     if not by_speaker or any(d.meta.speaker not in by_speaker for d in test):
         return None
     vectors = {spk: _mean_direction(files) for spk, files in by_speaker.items()}
@@ -562,11 +568,7 @@ def _index_test_split(test: list[_FileData], clean_files: list[_FileData], model
     # A fresh Settings (not model_copy: that would carry a cached database URL of the original).
     idx_settings = _Settings(**{**settings.model_dump(), "store_dir": store_dir, "database_url": None, "model": model_spec})
     idx_settings.store_dir.mkdir(parents=True, exist_ok=True)
-    groups: dict[str, list[str]] = {}
-    if speaker_groups:
-        for d in clean_files:
-            if d.meta.speaker is not None:
-                groups.setdefault(d.meta.speaker, []).append(str(d.meta.audio))
+    groups = _clean_files_by_speaker(clean_files) if speaker_groups else {}
     if clean_files:
         store = Store.open(idx_settings)
         try:
@@ -574,8 +576,8 @@ def _index_test_split(test: list[_FileData], clean_files: list[_FileData], model
                                {"enrollments": sorted(model.enrollments)})
             set_clean_enrollment(store, model, [str(d.meta.audio) for d in clean_files],
                                  quantile=idx_settings.clean_quantile, smooth_frames=idx_settings.smooth_frames)
-            for speaker, paths in sorted(groups.items()):
-                set_clean_enrollment(store, model, paths, quantile=idx_settings.clean_quantile,
+            for speaker, files in sorted(groups.items()):
+                set_clean_enrollment(store, model, [str(d.meta.audio) for d in files], quantile=idx_settings.clean_quantile,
                                      smooth_frames=idx_settings.smooth_frames, group=EnrollmentGroup("speaker", speaker))
         finally:
             store.close()
