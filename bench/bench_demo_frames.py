@@ -26,7 +26,7 @@ from indexer.demo import DEGRADATIONS, generate_demo_archive
 from indexer.detect import frame_scores
 from indexer.model import load_model
 from indexer.pipeline import enrollment_from_clips
-from indexer.settings import get_settings
+from indexer.settings import MODEL_CHOICES, get_settings
 from retrieval.evaluation import equal_error_rate
 
 
@@ -62,7 +62,7 @@ def demo_frame_figures(model_name: str, out_dir: Path, smooth_frames: int, quant
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default fast)")
+    parser.add_argument("--model", action="append", help=f"{MODEL_CHOICES} (repeatable; default fast)")
     parser.add_argument("--out", type=Path, default=Path("degsearch-demo"), help="demo folder (generated if missing)")
     args = parser.parse_args()
     settings = get_settings()

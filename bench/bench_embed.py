@@ -19,11 +19,12 @@ import torch
 
 from indexer.model import load_model
 from indexer.model.checkpoint import build_untrained_checkpoint
+from indexer.settings import MODEL_CHOICES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="fast", help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path")
+    parser.add_argument("--model", default="fast", help=f"{MODEL_CHOICES}")
     parser.add_argument("--minutes", type=float, default=60.0, help="audio to embed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--architecture", help="time an untrained network with this encoder instead (logmel_cnn, distillmos)")

@@ -131,8 +131,10 @@ def run_index(inputs: list[str], model: str, workers: int, chunk_s: float) -> di
 
 
 def main() -> None:
+    from indexer.settings import MODEL_CHOICES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="fast", help="a shipped model (balanced-2, balanced, fast, telephone, distilled, accurate), untrained, or a checkpoint path")
+    parser.add_argument("--model", default="fast", help=f"{MODEL_CHOICES}, or untrained")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--files", type=int, default=12)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from indexer.settings import DEFAULT_MODEL, get_settings
+from indexer.settings import DEFAULT_MODEL, MODEL_CHOICES, get_settings
 from indexer.training.benchmark import make_benchmark
 from retrieval.benchmark_eval import evaluate_benchmark
 from retrieval.report import KEYS, format_metric, write_report
@@ -39,7 +39,7 @@ def _row(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path (repeatable; default: the shipped default)")
+    parser.add_argument("--model", action="append", help=f"{MODEL_CHOICES} (repeatable; default: the shipped default)")
     parser.add_argument("--data-dir", default="data/train", help="corpus from `degsearch prepare-data`")
     parser.add_argument("--bench-dir", default="data/bench", help="where the benchmarks are built (kept for reuse)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")

@@ -15,8 +15,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-# The shipped model used when none is named (indexer.model.SHIPPED; MODEL_CARD.md says why this one).
-DEFAULT_MODEL = "balanced-2"
+# The models shipped inside the package (indexer/model/weights; MODEL_CARD.md), the default first,
+# and the one used when none is named (MODEL_CARD.md says why this one).
+SHIPPED_MODELS = ("balanced-2", "balanced", "fast", "telephone", "distilled", "accurate")
+DEFAULT_MODEL = SHIPPED_MODELS[0]
+# How a --model option reads in help texts.
+MODEL_CHOICES = f"{', '.join(SHIPPED_MODELS)} or a checkpoint path"
 # FAISS search-time parameters (faiss.ParameterSpace names) that ``faiss_params`` may set.
 FAISS_SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor_rf", "k_factor", "ht", "max_codes", "quantizer_efSearch")
 

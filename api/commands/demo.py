@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from indexer.settings import MODEL_CHOICES
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``demo`` command to the CLI."""
@@ -14,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         out: Annotated[Path, typer.Option(help="Folder for the demo archive and its store.")] = Path("degsearch-demo"),
-        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help=f"{MODEL_CHOICES}.")] = None,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Decode+inference worker processes.")] = None,
         regenerate: Annotated[bool, typer.Option("--regenerate", help="Rebuild the archive even if it exists.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,

@@ -11,10 +11,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from indexer.settings import MODEL_CHOICES
+
 BenchDir = Annotated[Path, typer.Argument(help="Benchmark directory (manifest.jsonl + audio/, see BENCHMARK.md).",
                                           exists=True, file_okay=False, dir_okay=True)]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Report JSON path; report .md and PNGs go next to it.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path (default: settings).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"{MODEL_CHOICES} (default: settings).")]
 Baselines = Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score DNSMOS and log-mel statistics.")]
 WorkDir = Annotated[Optional[Path], typer.Option("--work-dir", help="Where the temporary store goes (default: system temp).")]
 

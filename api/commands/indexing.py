@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from indexer.settings import MODEL_CHOICES
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -60,7 +62,7 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[list[str], typer.Argument(help="Folders (recursive), files, glob patterns or CSV/JSONL manifests (column 'path').")],
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help=f"{MODEL_CHOICES}.")] = None,
         workers: Annotated[Optional[int], typer.Option(min=1, help="Decode+inference worker processes (default 1).")] = None,
         engine: Annotated[str, typer.Option(help="local (process pool) or ray (Ray Data, for clusters).")] = "local",
         retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry files that failed in earlier runs.")] = False,
@@ -89,7 +91,7 @@ def register(app: typer.Typer) -> None:
         clips: Annotated[list[Path], typer.Argument(help="Clean recordings of the archive's kind (same channel type, same codec).")],
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help=f"{MODEL_CHOICES}.")] = None,
         group: Annotated[Optional[str], typer.Option(
             help="KEY=VALUE: enroll only the files whose manifest column KEY is VALUE (e.g. agent=alice), "
                  "with these clips; other files keep the store's enrollment.")] = None,
@@ -137,7 +139,7 @@ def register(app: typer.Typer) -> None:
     def remove_enrollment(
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help=f"{MODEL_CHOICES}.")] = None,
         group: Annotated[Optional[str], typer.Option(help="KEY=VALUE: remove that group's enrollment instead of the store-level one.")] = None,
     ) -> None:
         """Remove the store's clean enrollment (or one group's) set by `degsearch enroll-clean`.

@@ -14,12 +14,13 @@ from typing import Annotated, Any, Optional
 import typer
 
 from indexer.errors import ConfigError
+from indexer.settings import MODEL_CHOICES
 
 # --- shared options --------------------------------------------------------------------------
 
 StoreDir = Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")]
 DatabaseUrl = Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="Model for clip queries: balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")]
+ModelOpt = Annotated[Optional[str], typer.Option(help=f"Model for clip queries: {MODEL_CHOICES}.")]
 Clips = Annotated[Optional[list[Path]], typer.Argument(help="Query clip(s): audio of the degradation to find; several are averaged.")]
 K = Annotated[int, typer.Option("-k", "--k", min=1, max=100000, help="How many segments to return.")]
 LikeSegment = Annotated[Optional[int], typer.Option("--like-segment", help="Query with this stored segment's embedding instead of a clip.")]

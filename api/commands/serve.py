@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from indexer.settings import MODEL_CHOICES
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` command to the CLI."""
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
         port: Annotated[Optional[int], typer.Option(help="TCP port (default 8000).")] = None,
         store_dir: Annotated[Optional[Path], typer.Option(help="Store directory (database + FAISS index).")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL instead of the SQLite file in --store-dir.")] = None,
-        model: Annotated[Optional[str], typer.Option(help="Model for clip queries: balanced-2, balanced, fast, telephone, distilled, accurate or a checkpoint path.")] = None,
+        model: Annotated[Optional[str], typer.Option(help=f"Model for clip queries: {MODEL_CHOICES}.")] = None,
         api_key: Annotated[Optional[list[str]], typer.Option(help="Accepted X-API-Key value (repeatable); none: no auth.")] = None,
         require_key_for_reads: Annotated[Optional[bool], typer.Option("--require-key-for-reads/--open-reads", help="Also require a key for reads.")] = None,
         cors_origin: Annotated[Optional[list[str]], typer.Option(help="Allowed CORS origin (repeatable); none: CORS off.")] = None,

@@ -19,10 +19,10 @@ from indexer.errors import ModelError
 from indexer.model.ensemble import EnsembleNetwork, fold_ensemble
 from indexer.model.network import FRAME_HOP, FRAME_RATE, FrameNetwork, fold_batchnorm, n_frames
 from indexer.records import FrameOutput
-from indexer.settings import DEFAULT_MODEL
+from indexer.settings import DEFAULT_MODEL, SHIPPED_MODELS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in ("balanced-2", "balanced", "fast", "telephone", "distilled", "accurate")}
+SHIPPED = {name: WEIGHTS_DIR / f"{name}.pt" for name in SHIPPED_MODELS}
 MIN_SECONDS = 0.1
 # Long signals are cut into windows with context margins so memory stays bounded whatever the length.
 WINDOW_FRAMES = 1000  # 20 s
