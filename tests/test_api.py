@@ -62,9 +62,9 @@ def test_healthz_reports_open_store_and_vector_count(client, api_store):
     assert body["segments"] == len(api_store.segments)
 
 
-def test_app_starts_degraded_when_store_cannot_open_and_recovers(tmp_path, api_checkpoint, api_model):
+def test_app_starts_degraded_when_store_cannot_open_and_recovers(tmp_path, untrained_checkpoint, untrained_model):
     # No database yet (nothing indexed): a read-only open fails, the app must still start.
-    settings = get_settings(store_dir=tmp_path / "store", model=str(api_checkpoint))
+    settings = get_settings(store_dir=tmp_path / "store", model=str(untrained_checkpoint))
     app = create_app(settings)
     with TestClient(app) as c:
         health = c.get("/healthz")
@@ -72,9 +72,9 @@ def test_app_starts_degraded_when_store_cannot_open_and_recovers(tmp_path, api_c
         assert_error(c.get("/v1/segments/1"), 503, "unavailable")
         assert c.get("/").status_code == 200  # the page still loads
         # An index run creates the store; the API picks it up without a restart.
-        from tests.conftest import populate_api_store
+        from tests.store_factory import populate_api_store
 
-        populate_api_store(settings, api_model, tmp_path / "audio", n_recordings=1)
+        populate_api_store(settings, untrained_model, tmp_path / "audio", n_recordings=1)
         app.state.degsearch.store_retry_s = 0.0
         assert c.get("/healthz").json()["status"] == "ok"
         assert c.get("/v1/segments/1").status_code == 200
@@ -376,7 +376,7 @@ with Store.open(get_settings(store_dir=store_dir)) as store:
 
 
 def test_segments_written_by_another_process_are_visible_without_restart(client, api_store, tmp_path):
-    from tests.conftest import write_speechlike_wav
+    from tests.audio_factory import write_speechlike_wav
 
     before = client.get("/healthz").json()
     wav = write_speechlike_wav(tmp_path / "late.wav", seed=5)

@@ -8,7 +8,7 @@ import pytest
 from indexer.audio import MAX_CHANNELS, content_hash, iter_audio_chunks, load_audio, open_audio
 from indexer.demo import write_encoded
 from indexer.errors import AudioDecodeError
-from tests.conftest import ix_bad_corpus, ix_call, ix_speech, ix_wav_with_format_tag, ix_write
+from tests.audio_factory import bad_corpus, call_signal, speech_signal, write_audio, write_wav_with_format_tag
 
 
 def tone(freq: float, seconds: float, sr: int, amp: float = 0.5) -> np.ndarray:
@@ -21,7 +21,7 @@ def peak_hz(x: np.ndarray, sr: int) -> float:
 
 
 def test_stereo_8k_wav_is_resampled_to_16k_per_channel(tmp_path):
-    path = ix_write(tmp_path / "call.wav", np.stack([tone(440, 2, 8000), tone(1000, 2, 8000)]), 8000)
+    path = write_audio(tmp_path / "call.wav", np.stack([tone(440, 2, 8000), tone(1000, 2, 8000)]), 8000)
     audio = load_audio(path)
     assert audio.samples.shape == (2, 32000) and audio.samples.dtype == np.float32
     assert (audio.sr, audio.orig_sr, audio.channels) == (16000, 8000, 2)
@@ -34,7 +34,7 @@ def test_stereo_8k_wav_is_resampled_to_16k_per_channel(tmp_path):
 
 def test_96k_input_is_band_limited_when_downsampled(tmp_path):
     # 12 kHz is above the 8 kHz Nyquist of the output: it must be filtered, not aliased to 4 kHz.
-    path = ix_write(tmp_path / "hi.flac", tone(1000, 1, 96000) + tone(12000, 1, 96000), 96000, "PCM_24")
+    path = write_audio(tmp_path / "hi.flac", tone(1000, 1, 96000) + tone(12000, 1, 96000), 96000, "PCM_24")
     out = load_audio(path).samples[0]
     spec = np.abs(np.fft.rfft(out))
     freqs = np.fft.rfftfreq(out.size, 1 / 16000)
@@ -52,12 +52,12 @@ def test_compressed_formats_decode_through_pyav(tmp_path, codec, suffix, channel
 
 
 def test_wrong_extension_is_decoded_by_content(tmp_path):
-    path = ix_write(tmp_path / "really_flac.mp3", ix_call(1.0), 8000, None)
+    path = write_audio(tmp_path / "really_flac.mp3", call_signal(1.0), 8000, None)
     assert load_audio(path).channels == 2
 
 
 def test_8bit_and_offset_duration(tmp_path):
-    path = ix_write(tmp_path / "u8.wav", tone(300, 3, 8000), 8000, "PCM_U8")
+    path = write_audio(tmp_path / "u8.wav", tone(300, 3, 8000), 8000, "PCM_U8")
     full = load_audio(path)
     part = load_audio(path, offset=1.0, duration=0.5)
     assert part.samples.shape == (1, 8000)
@@ -65,7 +65,7 @@ def test_8bit_and_offset_duration(tmp_path):
 
 
 def test_chunks_are_exact_and_concatenate_to_the_whole_file(tmp_path):
-    path = ix_write(tmp_path / "long.wav", ix_call(23.0, seed=3), 8000)
+    path = write_audio(tmp_path / "long.wav", call_signal(23.0, seed=3), 8000)
     chunks = list(iter_audio_chunks(path, chunk_s=5.0))
     assert [off for off, _ in chunks] == [0.0, 5.0, 10.0, 15.0, 20.0]
     assert all(c.shape == (2, 80000) for _, c in chunks[:-1])
@@ -76,7 +76,7 @@ def test_chunks_are_exact_and_concatenate_to_the_whole_file(tmp_path):
 
 
 def test_truncated_wav_trusts_decoded_samples_over_header(tmp_path):
-    path = ix_write(tmp_path / "cut.wav", tone(400, 4, 8000), 8000)
+    path = write_audio(tmp_path / "cut.wav", tone(400, 4, 8000), 8000)
     raw = path.read_bytes()
     path.write_bytes(raw[: 44 + 2 * 8000])  # header still claims 4 s; 1 s of samples remain
     assert load_audio(path).duration_s == pytest.approx(1.0)
@@ -84,9 +84,9 @@ def test_truncated_wav_trusts_decoded_samples_over_header(tmp_path):
 
 
 def test_eight_channels_are_kept_and_more_are_rejected(tmp_path):
-    eight = ix_write(tmp_path / "8ch.wav", np.stack([ix_speech(0.5, 8000, c) for c in range(MAX_CHANNELS)]), 8000)
+    eight = write_audio(tmp_path / "8ch.wav", np.stack([speech_signal(0.5, 8000, c) for c in range(MAX_CHANNELS)]), 8000)
     assert load_audio(eight).samples.shape[0] == MAX_CHANNELS
-    nine = ix_write(tmp_path / "9ch.wav", np.stack([ix_speech(0.5, 8000, c) for c in range(MAX_CHANNELS + 1)]), 8000)
+    nine = write_audio(tmp_path / "9ch.wav", np.stack([speech_signal(0.5, 8000, c) for c in range(MAX_CHANNELS + 1)]), 8000)
     with pytest.raises(AudioDecodeError, match="9 channels"):
         load_audio(nine)
 
@@ -103,7 +103,7 @@ def test_eight_channels_are_kept_and_more_are_rejected(tmp_path):
     ("channels_12", "12 channels"),
 ])
 def test_bad_files_raise_decode_errors_naming_file_and_reason(tmp_path, kind, reason):
-    files = ix_bad_corpus(tmp_path, long_s=2.0)
+    files = bad_corpus(tmp_path, long_s=2.0)
     path, good = files[kind]
     assert not good
     with pytest.raises(AudioDecodeError, match=reason) as info:
@@ -113,7 +113,7 @@ def test_bad_files_raise_decode_errors_naming_file_and_reason(tmp_path, kind, re
 
 
 def test_corrupt_stream_after_valid_header_is_an_error(tmp_path):
-    path, _ = ix_bad_corpus(tmp_path, long_s=2.0)["corrupt_stream"]
+    path, _ = bad_corpus(tmp_path, long_s=2.0)["corrupt_stream"]
     with pytest.raises(AudioDecodeError):
         load_audio(path)
 
@@ -123,7 +123,7 @@ def test_missing_and_unreadable_files(tmp_path):
         load_audio(tmp_path / "nope.wav")
     with pytest.raises(AudioDecodeError, match="not found"):
         content_hash(tmp_path / "nope.wav")
-    locked = ix_write(tmp_path / "locked.wav", tone(300, 1, 8000), 8000)
+    locked = write_audio(tmp_path / "locked.wav", tone(300, 1, 8000), 8000)
     locked.chmod(0)
     import os
 
@@ -136,24 +136,24 @@ def test_missing_and_unreadable_files(tmp_path):
 
 
 def test_content_hash_follows_content_not_name(tmp_path):
-    a = ix_write(tmp_path / "a.wav", tone(300, 1, 8000), 8000)
+    a = write_audio(tmp_path / "a.wav", tone(300, 1, 8000), 8000)
     b = tmp_path / "b.wav"
     b.write_bytes(a.read_bytes())
     assert content_hash(a) == content_hash(b) and len(content_hash(a)) == 64
-    ix_write(b, tone(301, 1, 8000), 8000)
+    write_audio(b, tone(301, 1, 8000), 8000)
     assert content_hash(a) != content_hash(b)
 
 
 def test_unknown_wav_format_tag_names_the_codec_problem(tmp_path):
     with pytest.raises(AudioDecodeError, match="unsupported codec"):
-        open_audio(ix_wav_with_format_tag(tmp_path / "x.wav", tag=0x7777))
+        open_audio(write_wav_with_format_tag(tmp_path / "x.wav", tag=0x7777))
 
 
 @pytest.mark.parametrize("kind", ["noise", "clipping", "dropouts", "codec", "echo"])
 def test_demo_degradations_change_only_their_stretch(kind):
     from indexer.demo import degrade
 
-    x = ix_speech(4.0, 8000, seed=1)
+    x = speech_signal(4.0, 8000, seed=1)
     y = degrade(x, kind, 1.0, 2.5, np.random.default_rng(0))
     assert y.shape == x.shape and y.dtype == np.float32
     np.testing.assert_array_equal(y[:8000], x[:8000])

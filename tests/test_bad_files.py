@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from indexer.pipeline import index_archive, iter_failures
-from tests.conftest import ix_bad_corpus
+from tests.audio_factory import bad_corpus
 
 # What the recorded error must say for each bad kind.
 EXPECTED_ERRORS = {
@@ -25,10 +25,10 @@ EXPECTED_ERRORS = {
 
 @pytest.fixture
 def corpus(tmp_path):
-    return ix_bad_corpus(tmp_path / "corpus", long_s=150.0)
+    return bad_corpus(tmp_path / "corpus", long_s=150.0)
 
 
-def test_bad_corpus_finishes_with_good_files_indexed_and_bad_ones_recorded(ix_settings, corpus):
+def test_bad_corpus_finishes_with_good_files_indexed_and_bad_ones_recorded(indexer_settings, corpus):
     from sqlalchemy import select
 
     from retrieval.models import Recording
@@ -36,11 +36,11 @@ def test_bad_corpus_finishes_with_good_files_indexed_and_bad_ones_recorded(ix_se
 
     good = {name: str(p) for name, (p, ok) in corpus.items() if ok}
     bad = {name: str(p) for name, (p, ok) in corpus.items() if not ok}
-    summary = index_archive([str(p) for p, _ in corpus.values()], ix_settings, progress=False)
+    summary = index_archive([str(p) for p, _ in corpus.values()], indexer_settings, progress=False)
     assert summary.status == "done"
     assert (summary.indexed, summary.failed) == (len(good), len(bad))
     assert {f.path for f in summary.failures} == set(bad.values())
-    store = Store.open(ix_settings, readonly=True)
+    store = Store.open(indexer_settings, readonly=True)
     try:
         with store.session() as session:
             rows = {r.path: r for r in session.scalars(select(Recording)).all()}
@@ -61,21 +61,21 @@ def test_bad_corpus_finishes_with_good_files_indexed_and_bad_ones_recorded(ix_se
         store.close()
 
 
-def test_failed_files_are_skipped_until_retry_failed(ix_settings, corpus):
+def test_failed_files_are_skipped_until_retry_failed(indexer_settings, corpus):
     bad = [str(p) for p, ok in corpus.values() if not ok]
     inputs = bad[:3]
-    first = index_archive(inputs, ix_settings, progress=False)
+    first = index_archive(inputs, indexer_settings, progress=False)
     assert first.failed == 3
-    again = index_archive(inputs, ix_settings, progress=False)
+    again = index_archive(inputs, indexer_settings, progress=False)
     assert (again.failed, again.skipped, sorted(again.previously_failed)) == (0, 3, sorted(inputs))
-    retried = index_archive(inputs, ix_settings, retry_failed=True, progress=False)
+    retried = index_archive(inputs, indexer_settings, retry_failed=True, progress=False)
     assert (retried.failed, retried.skipped) == (3, 0)
 
 
-def test_fixed_file_is_indexed_on_the_next_run(ix_settings, corpus, tmp_path):
-    from tests.conftest import ix_call, ix_write
+def test_fixed_file_is_indexed_on_the_next_run(indexer_settings, corpus, tmp_path):
+    from tests.audio_factory import call_signal, write_audio
 
     path, _ = corpus["corrupt"]
-    assert index_archive([str(path)], ix_settings, progress=False).failed == 1
-    ix_write(path, ix_call(2.0), 8000)  # the file was re-exported: new content, new hash
-    assert index_archive([str(path)], ix_settings, progress=False).indexed == 1
+    assert index_archive([str(path)], indexer_settings, progress=False).failed == 1
+    write_audio(path, call_signal(2.0), 8000)  # the file was re-exported: new content, new hash
+    assert index_archive([str(path)], indexer_settings, progress=False).indexed == 1

@@ -15,7 +15,7 @@ from indexer.settings import get_settings
 from retrieval.models import Base
 from retrieval.store import NewerDatabaseError, Store, alembic_config, head_revision
 from retrieval.vectors import sidecar_path
-from tests.conftest import fill_store
+from tests.store_factory import fill_store
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / ".venv" / "bin" / "degsearch"

@@ -18,7 +18,7 @@ from retrieval.prototypes import (
     recluster,
     write_session,
 )
-from tests.conftest import RET_DIM, RET_MODEL_ID, build_planted_store
+from tests.store_factory import RET_DIM, RET_MODEL_ID, build_planted_store
 
 
 def _labels_in_store(store) -> dict[int, tuple[str, float | None]]:
@@ -148,14 +148,14 @@ def test_knn_vote_follows_the_neighbourhood(planted_store):
     assert adjusted_rand_score(truth, found) >= 0.9
 
 
-def test_add_named_prototype_from_clips_labels_segments(tmp_path, retrieval_checkpoint):
+def test_add_named_prototype_from_clips_labels_segments(tmp_path, untrained_checkpoint):
     import torch
 
     torch.set_num_threads(1)
     from indexer.model import load_model
-    from tests.conftest import write_speechlike_wav
+    from tests.audio_factory import write_speechlike_wav
 
-    model = load_model(str(retrieval_checkpoint))
+    model = load_model(str(untrained_checkpoint))
     planted = build_planted_store(tmp_path / "store", n_recordings=5, model_id=model.model_id)
     clip = write_speechlike_wav(tmp_path / "hum.wav", seconds=1.5, channels=1, seed=5, clip_level=0.2)
     store = planted.store()

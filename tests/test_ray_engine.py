@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from indexer.pipeline import index_archive
-from tests.conftest import ix_derive, ix_archive, ix_segments, ix_threshold
+from tests.audio_factory import write_archive
+from tests.store_factory import derive_settings, quantile_threshold, stored_segments
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'degsearch[ray]')")
 
@@ -17,13 +18,13 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_engine_gives_the_same_segments_as_local_engine(local_ray, tmp_path, ix_settings, ix_model):
-    files = ix_archive(tmp_path / "archive", n=2, seconds=3.0)
+def test_ray_engine_gives_the_same_segments_as_local_engine(local_ray, tmp_path, indexer_settings, untrained_model):
+    files = write_archive(tmp_path / "archive", n=2, seconds=3.0)
     (tmp_path / "archive" / "broken.wav").write_bytes(b"not audio at all" * 20)
-    settings = ix_derive(ix_settings, threshold=ix_threshold(ix_model, files[1]))
+    settings = derive_settings(indexer_settings, threshold=quantile_threshold(untrained_model, files[1]))
     summary = index_archive([str(tmp_path / "archive")], settings, engine="ray", progress=False)
     assert (summary.indexed, summary.failed, summary.engine) == (2, 1, "ray")
     assert "not a recognised audio format" in summary.failures[0].error
-    local = ix_derive(settings, store_dir=tmp_path / "local")
+    local = derive_settings(settings, store_dir=tmp_path / "local")
     index_archive([str(p) for p in files], local, progress=False)
-    assert ix_segments(settings) == ix_segments(local) and ix_segments(local)
+    assert stored_segments(settings) == stored_segments(local) and stored_segments(local)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from indexer.pipeline import index_archive
-from tests.conftest import ix_derive, ix_archive, ix_segments, ix_threshold
+from tests.audio_factory import write_archive
+from tests.store_factory import derive_settings, quantile_threshold, stored_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FILES = 10
@@ -29,10 +30,10 @@ def done_count(db: Path) -> int:
         return 0
 
 
-def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, ix_settings, ix_model):
-    files = ix_archive(tmp_path / "archive", n=N_FILES, seconds=6.0)
-    threshold = ix_threshold(ix_model, files[1])
-    killed = ix_derive(ix_settings, store_dir=tmp_path / "killed", threshold=threshold)
+def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, indexer_settings, untrained_model):
+    files = write_archive(tmp_path / "archive", n=N_FILES, seconds=6.0)
+    threshold = quantile_threshold(untrained_model, files[1])
+    killed = derive_settings(indexer_settings, store_dir=tmp_path / "killed", threshold=threshold)
     killed.store_dir.mkdir()
     code = ("import sys; from indexer.pipeline import index_archive; from indexer.settings import get_settings; "
             f"index_archive([{str(files[0].parent)!r}], get_settings(store_dir={str(killed.store_dir)!r}, "
@@ -51,12 +52,12 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, ix_setting
     partial = done_count(db)
     assert 2 <= partial < N_FILES, "the kill must land midway"
 
-    resumed = index_archive([str(files[0].parent)], ix_derive(killed, chunk_s=2.0), progress=False)
+    resumed = index_archive([str(files[0].parent)], derive_settings(killed, chunk_s=2.0), progress=False)
     assert resumed.skipped >= partial and resumed.indexed == N_FILES - resumed.skipped and resumed.failed == 0
 
-    clean = ix_derive(killed, store_dir=tmp_path / "clean", chunk_s=2.0)
+    clean = derive_settings(killed, store_dir=tmp_path / "clean", chunk_s=2.0)
     clean.store_dir.mkdir()
     index_archive([str(files[0].parent)], clean, progress=False)
-    got, want = ix_segments(killed), ix_segments(clean)
+    got, want = stored_segments(killed), stored_segments(clean)
     assert sum(len(v) for v in want.values()) > N_FILES  # several segments per file: a meaningful comparison
     assert got == want  # same count, boundaries, frames, MOS and vector bytes per recording

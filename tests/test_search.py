@@ -10,7 +10,7 @@ import pytest
 
 from indexer.errors import ConfigError, NotFoundError
 from retrieval.search import SearchFilters, resolve_query, search
-from tests.conftest import RET_BASE_TIME, RET_DIM, build_planted_store
+from tests.store_factory import RET_BASE_TIME, RET_DIM, build_planted_store
 
 
 def _expected(planted, query: np.ndarray, k: int, keep) -> tuple[list[int], np.ndarray]:
@@ -146,14 +146,14 @@ def test_unknown_segment_and_prototype_raise_not_found(shared_store):
         resolve_query(shared_store, None, prototype="nonexistent")
 
 
-def test_clip_query_embeds_with_the_model_and_searches(tmp_path, retrieval_checkpoint):
+def test_clip_query_embeds_with_the_model_and_searches(tmp_path, untrained_checkpoint):
     import torch
 
     torch.set_num_threads(1)
     from indexer.model import load_model
-    from tests.conftest import write_speechlike_wav
+    from tests.audio_factory import write_speechlike_wav
 
-    model = load_model(str(retrieval_checkpoint))
+    model = load_model(str(untrained_checkpoint))
     planted = build_planted_store(tmp_path / "store", n_recordings=6)
     clip_a = write_speechlike_wav(tmp_path / "a.wav", seconds=1.5, channels=1, seed=1, clip_level=0.2)
     clip_b = write_speechlike_wav(tmp_path / "b.wav", seconds=1.5, channels=1, seed=2)

@@ -15,7 +15,7 @@ from retrieval.stats import NO_SEGMENTS, compute_stats, export_stats, plot_map, 
 
 @pytest.fixture(scope="module")
 def stats_planted(tmp_path_factory):
-    from tests.conftest import build_planted_store
+    from tests.store_factory import build_planted_store
 
     return build_planted_store(tmp_path_factory.mktemp("stats") / "store", n_recordings=24)
 
@@ -80,7 +80,7 @@ def test_recording_without_segments_still_counts_in_the_denominator(stats_plante
 
 def test_per_cluster_statistics_after_clustering(tmp_path):
     from retrieval.prototypes import recluster
-    from tests.conftest import build_planted_store
+    from tests.store_factory import build_planted_store
 
     planted = build_planted_store(tmp_path / "store", n_recordings=12)
     store = planted.store()

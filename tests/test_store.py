@@ -10,7 +10,7 @@ from indexer.errors import NotFoundError, StoreError
 from indexer.records import RecordingFailure
 from retrieval.models import IndexRun, ModelRecord, Recording, Segment
 from retrieval.store import Store
-from tests.conftest import STORE_DIM, STORE_MODEL_ID, fill_store, store_invariants, store_recording
+from tests.store_factory import STORE_DIM, STORE_MODEL_ID, fill_store, store_invariants, store_recording
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from retrieval.store import Store
 from retrieval.vectors import sidecar_path
-from tests.conftest import fill_store, store_invariants
+from tests.store_factory import fill_store, store_invariants, store_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / ".venv" / "bin" / "degsearch"
@@ -174,7 +174,7 @@ def test_writes_after_the_last_flush_are_synced_into_faiss_on_reopen(store_setti
     store = Store.open(store_settings)
     fill_store(store, 3)
     store.flush_index()
-    store.write_recording(__import__("tests.conftest", fromlist=["store_recording"]).store_recording("/late.wav", 4, seed=7))
+    store.write_recording(store_recording("/late.wav", 4, seed=7))
     store.delete_recording("/archive/call_0000.wav")
     # Simulate a crash: drop the lock and engine without the final flush.
     store._dirty = False
@@ -189,7 +189,7 @@ def test_check_while_a_writer_runs_notes_the_lagging_file_instead_of_failing(sto
     with Store.open(store_settings) as writer:
         fill_store(writer, 2)
         writer.flush_index()
-        writer.write_recording(__import__("tests.conftest", fromlist=["store_recording"]).store_recording("/w.wav", 2))
+        writer.write_recording(store_recording("/w.wav", 2))
         with Store.open(store_settings, readonly=True) as reader:
             report = reader.check()
         assert report.consistent and report.notes and "writer is running" in report.notes[0]
@@ -205,6 +205,9 @@ def test_reader_keeps_answering_and_catches_up_while_a_writer_runs(store_setting
     proc = subprocess.Popen([sys.executable, "-c", WRITER, "1000"], env=_env(store_settings), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # The first line is printed after the first commit: the clock starts once the writer runs,
+        # not while a loaded machine is still importing its modules.
+        assert proc.stdout.readline(), proc.stderr.read()
         q = np.ones(16, np.float32)
         reloads = 0
         deadline = time.monotonic() + 3.0

@@ -9,7 +9,7 @@ from indexer.errors import ConfigError
 from indexer.settings import get_settings
 from retrieval.store import Store
 from retrieval.vectors import IndexFileError, IndexMeta, VectorIndex, load_index, min_training_points
-from tests.conftest import STORE_DIM, fill_store, store_recording
+from tests.store_factory import STORE_DIM, fill_store, store_recording
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = STORE_DIM) -> np.ndarray:

@@ -21,7 +21,6 @@ The held-out catalog (other implementations and ranges) is in :mod:`indexer.trai
 from __future__ import annotations
 
 import io
-import json
 import random
 import shutil
 import subprocess
@@ -29,7 +28,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from math import gcd
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import random
 import time
 from collections import Counter
 from pathlib import Path
