@@ -14,37 +14,21 @@ from pathlib import Path
 import numpy as np
 
 
-def write_speechlike_wav(path: Path, seconds: float = 3.0, sr: int = 8000,
-                         channels: int = 2, seed: int = 0, clip_level: float | None = None) -> Path:
-    """Write a speech-like WAV (harmonic voice with syllable envelope + noise); optional hard clipping."""
-    import soundfile as sf
+def speech_signal(seconds: float, sr: int = 8000, seed: int = 0, pitch: float | None = None,
+                  pauses: bool = True) -> np.ndarray:
+    """Mono speech-like signal: gliding harmonic voice, syllable envelope, pauses, faint noise.
 
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    out = []
-    for ch in range(channels):
-        f0 = 110 + 40 * ch + 15 * np.sin(2 * np.pi * 0.7 * t)
-        phase = 2 * np.pi * np.cumsum(f0) / sr
-        voice = sum(np.sin(k * phase) / k for k in range(1, 12))
-        envelope = 0.5 * (1 + np.sin(2 * np.pi * 3.5 * t + ch)) ** 2
-        x = 0.15 * voice * envelope + 0.01 * rng.standard_normal(t.size)
-        if clip_level is not None:
-            x = np.clip(x * 4, -clip_level, clip_level)
-        out.append(x)
-    data = np.stack(out, axis=1).astype(np.float32)
-    sf.write(str(path), data if channels > 1 else data[:, 0], sr, subtype="PCM_16")
-    return path
-
-
-def speech_signal(seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
-    """Mono speech-like signal: gliding harmonic voice, syllable envelope, pauses, faint noise."""
+    ``pitch`` sets the voice's mean f0 in Hz (default: 100-130 Hz, drawn from ``seed``); without
+    ``pauses`` the syllables run on, so a VAD finds speech all along."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * sr))) / sr
-    f0 = 100 + 30 * rng.random() + 20 * np.sin(2 * np.pi * (0.5 + rng.random()) * t)
+    base = 100 + 30 * rng.random()
+    f0 = (base if pitch is None else pitch) + 20 * np.sin(2 * np.pi * (0.5 + rng.random()) * t)
     phase = 2 * np.pi * np.cumsum(f0) / sr
     voice = sum(np.sin(k * phase + rng.random()) / k for k in range(1, 15) if k * f0.max() < sr / 2)
     envelope = np.clip(np.sin(2 * np.pi * (3 + rng.random()) * t), 0, None) ** 2
-    envelope *= (np.sin(2 * np.pi * 0.3 * t + rng.random() * 6) > -0.6)  # pauses between phrases
+    if pauses:
+        envelope *= (np.sin(2 * np.pi * 0.3 * t + rng.random() * 6) > -0.6)  # pauses between phrases
     return (0.2 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
@@ -65,6 +49,15 @@ def call_signal(seconds: float = 4.0, sr: int = 8000, seed: int = 0, noise_span:
         a, b = (int(v * sr) for v in noise_span)
         x[noise_channel, a:b] += 0.3 * np.random.default_rng(seed).standard_normal(b - a).astype(np.float32)
     return np.clip(x, -1, 1)
+
+
+def write_speechlike_wav(path: Path, seconds: float = 3.0, sr: int = 8000, channels: int = 2, seed: int = 0,
+                         clip_level: float | None = None) -> Path:
+    """Write a speech-like WAV, one voice per channel; ``clip_level``: amplified 4x and hard-clipped there."""
+    x = np.stack([speech_signal(seconds, sr, seed + 1000 * ch) for ch in range(channels)])
+    if clip_level is not None:
+        x = np.clip(4 * x, -clip_level, clip_level)
+    return write_audio(path, x if channels > 1 else x[0], sr)
 
 
 def write_wav_with_format_tag(path: Path, tag: int = 0x3039, sr: int = 8000, seconds: float = 1.0) -> Path:

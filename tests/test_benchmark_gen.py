@@ -7,7 +7,7 @@ import json
 import soundfile as sf
 
 from indexer.training.benchmark import make_benchmark, validate_benchmark
-from tests.test_catalog import speechlike
+from tests.audio_factory import speech_signal
 
 SR = 16000
 
@@ -17,7 +17,7 @@ def test_mini_benchmark_from_clean_dir_validates(tmp_path):
     for spk in range(2):
         (clean / f"spk{spk}").mkdir(parents=True)
         for i in range(2):
-            sf.write(str(clean / f"spk{spk}" / f"{i}.wav"), speechlike(2.0, 10 * spk + i, 100 + 40 * spk), SR)
+            sf.write(str(clean / f"spk{spk}" / f"{i}.wav"), speech_signal(2.0, SR, 10 * spk + i, pitch=100 + 40 * spk, pauses=False), SR)
     out = tmp_path / "bench"
     labels = ["noise_white", "clipping", "echo", "packet_loss"]
     summary = make_benchmark(out, seed=1, data_dir=None, clean_dir=clean, channel="telephone", minutes=0.5,
@@ -34,7 +34,7 @@ def test_mini_benchmark_from_clean_dir_validates(tmp_path):
 
 def test_validator_reports_unsorted_events_and_unsorted_pair_labels(tmp_path):
     (tmp_path / "audio").mkdir()
-    sf.write(str(tmp_path / "audio" / "a.wav"), speechlike(2.0, 0), SR)
+    sf.write(str(tmp_path / "audio" / "a.wav"), speech_signal(2.0, SR, 0, pauses=False), SR)
     row = {"id": "a", "audio": "audio/a.wav", "split": "test", "clean": False,
            "events": [{"start": 1.0, "end": 1.5, "label": "noise+gsm"}, {"start": 0.2, "end": 2.5, "label": "x"}]}
     (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")

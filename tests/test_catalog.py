@@ -14,24 +14,14 @@ from indexer.training.catalog import (
     training_catalog,
 )
 from indexer.training.heldout import heldout_catalog
-
-
-def speechlike(seconds: float, seed: int, f0: float = 120.0) -> np.ndarray:
-    """Harmonic voice with a syllable envelope, pauses and a faint noise floor (16 kHz float32)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f = f0 + 20 * np.sin(2 * np.pi * 0.8 * t)
-    phase = 2 * np.pi * np.cumsum(f) / SR
-    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
-    env = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 1.5
-    return (0.2 * voice * env + 0.002 * rng.standard_normal(t.size)).astype(np.float32)
+from tests.audio_factory import speech_signal
 
 
 @pytest.fixture(scope="module")
 def resources() -> Resources:
     rng = np.random.default_rng(0)
     return Resources(
-        speech=[speechlike(2.0, s, 90 + 30 * s) for s in range(4)],
+        speech=[speech_signal(2.0, SR, s, pitch=90 + 30 * s) for s in range(4)],
         ambience=[(0.1 * np.cumsum(rng.standard_normal(SR * 2)) / 50).astype(np.float32)],
         music=[(0.3 * np.sin(2 * np.pi * 440 * np.arange(SR * 2) / SR)).astype(np.float32)],
         rirs=[],  # reverb then simulates a room with pyroomacoustics
@@ -64,12 +54,12 @@ def _check(deg, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("name", TRAIN_NAMES)
 def test_training_entry_returns_finite_float32_of_same_length_and_changes_signal(name, resources):
-    _check(_entry("train", name, resources), speechlike(0.75, 1))
+    _check(_entry("train", name, resources), speech_signal(0.75, SR, 1))
 
 
 @pytest.mark.parametrize("name", HELDOUT_NAMES)
 def test_heldout_entry_returns_finite_float32_of_same_length_and_changes_signal(name, resources):
-    _check(_entry("heldout", name, resources), speechlike(0.75, 2))
+    _check(_entry("heldout", name, resources), speech_signal(0.75, SR, 2))
 
 
 SINGLES = [("train", n) for n in TRAIN_NAMES if "+" not in n] + [("heldout", n) for n in HELDOUT_NAMES if "+" not in n]
@@ -78,7 +68,7 @@ SINGLES = [("train", n) for n in TRAIN_NAMES if "+" not in n] + [("heldout", n) 
 @pytest.mark.parametrize(("catalog", "name"), SINGLES)
 def test_entry_is_repeatable_for_a_seed_so_a_rebuilt_benchmark_holds_the_same_audio(catalog, name, resources):
     deg = _entry(catalog, name, resources)
-    x = speechlike(0.75, 4)
+    x = speech_signal(0.75, SR, 4)
     first, again = deg(x, SR, np.random.default_rng(5)), deg(x, SR, np.random.default_rng(5))
     np.testing.assert_array_equal(first, again)
 
@@ -101,7 +91,7 @@ def test_catalogs_have_16_plus_singles_and_sorted_pair_names():
 def test_codec_output_is_realigned_to_input(codec, container, codec_sr, bit_rate):
     if not has_pyav_encoder(codec):
         pytest.skip(f"PyAV wheel has no {codec} encoder")
-    x = speechlike(1.0, 5)
+    x = speech_signal(1.0, SR, 5)
     y = PyAVCodec("c", codec, container, codec_sr, (bit_rate,))(x, SR, np.random.default_rng(0))
     ref = x
     if codec_sr == 8000:  # compare within the band the codec keeps

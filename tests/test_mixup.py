@@ -9,14 +9,14 @@ import soundfile as sf
 
 from indexer.training.mixup import HOP, energy_vad, partial_mixup, sample_regions, speech_frames
 from indexer.training.teacher import DNSMOSTeacher, pseudo_targets
-from tests.test_catalog import speechlike
+from tests.audio_factory import speech_signal
 
 SR = 16000
 
 
 def test_labels_line_up_with_where_audio_changed():
     rng = np.random.default_rng(0)
-    clean = speechlike(4.0, 0)
+    clean = speech_signal(4.0, SR, 0, pauses=False)
     degraded = clean + 0.05 * rng.standard_normal(clean.size).astype(np.float32)
     for seed in range(5):
         res = partial_mixup(clean, degraded, 7, np.random.default_rng(seed))
@@ -30,7 +30,7 @@ def test_labels_line_up_with_where_audio_changed():
 
 
 def test_regions_from_several_degraded_versions_carry_their_own_class():
-    clean = speechlike(4.0, 1)
+    clean = speech_signal(4.0, SR, 1, pauses=False)
     a, b = clean * 0.3, -clean
     res = partial_mixup(clean, [a, b], [3, 9], np.random.default_rng(2), n_regions=(2, 2))
     assert [r[2] for r in res.regions] == [3, 9]
@@ -42,7 +42,7 @@ def test_regions_from_several_degraded_versions_carry_their_own_class():
 
 def test_regions_are_placed_in_speech():
     x = np.zeros(SR * 4, dtype=np.float32)
-    x[SR: 3 * SR] = speechlike(2.0, 3)  # speech only in the middle two seconds
+    x[SR: 3 * SR] = speech_signal(2.0, SR, 3, pauses=False)  # speech only in the middle two seconds
     flags = energy_vad(x)
     assert flags[:40].sum() == 0 and flags[60:140].mean() > 0.4
     regions = sample_regions(flags, np.random.default_rng(0), (3, 3), (0.2, 0.4))
@@ -58,7 +58,7 @@ def test_pseudo_targets_follow_eq4_and_teacher_ranks_noise_lower():
     assert np.all(q[50:100] == 2.0) and np.all(q[:50] == 4.0)
     assert abs(utt - (150 * 4.0 + 50 * 2.0) / 200) < 1e-6
     teacher = DNSMOSTeacher()
-    clean = speechlike(4.0, 4)
+    clean = speech_signal(4.0, SR, 4, pauses=False)
     noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.size).astype(np.float32)
     assert teacher.score(noisy) < teacher.score(clean, key="c")
     assert "c" in teacher.cache
@@ -72,7 +72,7 @@ def test_build_shards_writes_the_documented_arrays(tmp_path):
     rows = []
     for i in range(4):
         path = data / "speech" / f"u{i}.wav"
-        sf.write(str(path), speechlike(3.0, i, 100 + 20 * i), SR)
+        sf.write(str(path), speech_signal(3.0, SR, i, pitch=100 + 20 * i, pauses=False), SR)
         rows.append({"path": f"speech/u{i}.wav", "group": f"spk{i % 2}", "source": "real", "native_rate": 16000,
                      "lang": "xx", "seconds": 3.0, "split": "train"})
     (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
