@@ -4,7 +4,7 @@ degradation sit from the archive's own clean enrollment.
     .venv/bin/python bench/bench_demo_frames.py [--model fast] [--model data/models/runs/x.pt] [--out degsearch-demo]
 
 For each model: the clean enrollment and threshold that `degsearch demo` computes from the two
-reference calls (`pipeline.enrollment_from_clips`), the reference frames' score quantiles (how
+reference calls (`indexer.enrollment.enrollment_from_clips`), the reference frames' score quantiles (how
 heavy the clean tail is), the archive's frame EER (planted stretches against everything else), and per
 degradation the share of its frames over the threshold and their median score. Frame scores are
 1 - cosine to the enrollment, median-smoothed as detection smooths them. A recipe that widens the
@@ -25,7 +25,7 @@ from indexer.audio import load_audio
 from indexer.demo import DEGRADATIONS, generate_demo_archive
 from indexer.detect import frame_scores
 from indexer.model import load_model
-from indexer.pipeline import enrollment_from_clips
+from indexer.enrollment import enrollment_from_clips
 from indexer.settings import MODEL_CHOICES, get_settings
 from retrieval.evaluation import equal_error_rate
 

@@ -144,7 +144,8 @@ def demo_precision(out_dir: Path, model: str, ks: tuple[int, ...] = (1, 3, 5, 10
 
     from indexer.demo import _planted_kind, generate_demo_archive
     from indexer.model import load_model
-    from indexer.pipeline import index_archive, set_clean_enrollment
+    from indexer.enrollment import set_clean_enrollment
+    from indexer.pipeline import index_archive
     from indexer.settings import get_settings
     from retrieval.search import resolve_query, search
     from retrieval.store import Store

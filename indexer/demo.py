@@ -404,7 +404,8 @@ def run_demo(out_dir: str | Path, settings: Any, *, k: int = 5, progress: bool =
 
     import soundfile as sf
 
-    from indexer.pipeline import index_archive, load_store_model, model_spec, set_clean_enrollment
+    from indexer.enrollment import set_clean_enrollment
+    from indexer.pipeline import index_archive, load_store_model, model_spec
     from retrieval.store import Store
 
     out = Path(out_dir)

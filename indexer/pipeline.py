@@ -11,10 +11,8 @@ segments and vectors replaced), failures by ``Store.record_failure``; the batch 
 Resumability follows from that: an interrupted run has committed whole recordings only, and a
 re-run skips them by content hash, so it ends with exactly the segments of one uninterrupted run.
 
-Enrollment: a group's clean enrollment (``degsearch enroll-clean --group agent=alice``) for files
-whose manifest attribute matches it, else a store-level one (``degsearch enroll-clean``) if one is
-set for the model, else the model's own — ``narrowband`` for sources sampled at <= 8 kHz
-(telephone band), ``wideband`` otherwise. Each stored enrollment has its own calibrated threshold.
+What to index comes from :mod:`indexer.inputs`, which clean enrollment each file is detected
+against from :mod:`indexer.enrollment`.
 
 Failed files stay failed on re-runs while their content is unchanged (they are counted as
 skipped and listed); ``retry_failed=True`` (``--retry-failed``) tries them again.
@@ -22,24 +20,22 @@ skipped and listed); ``retry_failed=True`` (``--retry-failed``) tries them again
 
 from __future__ import annotations
 
-import csv
-import glob
-import json
-import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.audio import AUDIO_EXTENSIONS, MIN_DURATION_S, TARGET_SR, AudioStream, content_hash, load_audio
-from indexer.detect import SegmentDetector, frame_scores
-from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, NotFoundError, StoreError
+from indexer.audio import MIN_DURATION_S, TARGET_SR, AudioStream, content_hash
+from indexer.detect import SegmentDetector
+from indexer.enrollment import (CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, chosen_threshold, enrollment_for,
+                                enrollment_key, group_enrollments, stored_enrolled_at, stored_enrollment, stored_threshold)
+from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, StoreError
+from indexer.inputs import FileTask, resolve_inputs
 from indexer.records import DetectedSegment, FrameOutput, RecordingFailure, RecordingResult
 from indexer.settings import Settings
 
@@ -47,160 +43,10 @@ if TYPE_CHECKING:
     from indexer.model import FrameModel
     from retrieval.store import Store
 
-MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
-# Sources at or below this sample rate use the model's narrowband enrollment.
-NARROWBAND_MAX_SR = 8000
 STAGES = ("hash", "decode", "resample", "model", "detect", "store")
 
 
-# --- inputs ------------------------------------------------------------------------------------
-
-
-@dataclass
-class FileTask:
-    """One file to index: its absolute path, the manifest attributes, and its stored state."""
-
-    path: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    state: tuple[str | None, str | None, str] | None = None  # (content_hash, model_id, status)
-    size: int = 0
-    stale: bool = False  # detected against another clean enrollment than it would get now: detect again
-
-
-def _has_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def _scan_dir(root: Path) -> list[Path]:
-    found = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir()]
-    return sorted(found)
-
-
-def _read_manifest(path: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Rows of a CSV/JSONL manifest: (file path resolved against the manifest's folder, attributes)."""
-    rows: list[dict[str, Any]] = []
-    try:
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if reader.fieldnames is None or "path" not in reader.fieldnames:
-                    raise ConfigError(f"manifest {path} has no 'path' column (columns: {reader.fieldnames})",
-                                      "add a header row with a 'path' column; other columns become attributes")
-                rows = [dict(r) for r in reader]
-        else:
-            with path.open(encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"manifest {path} line {i} is not JSON: {exc.msg}", "write one JSON object per line") from exc
-                    if not isinstance(row, dict) or "path" not in row:
-                        raise ConfigError(f"manifest {path} line {i} has no 'path' field", 'write objects like {"path": "a.wav", ...}')
-                    rows.append(row)
-    except OSError as exc:
-        raise ConfigError(f"cannot read manifest {path}: {exc.strerror or exc}", "check the manifest path and permissions") from exc
-    out = []
-    for row in rows:
-        rel = str(row.pop("path") or "").strip()
-        if not rel:
-            raise ConfigError(f"manifest {path} has a row with an empty path", "fill in or remove that row")
-        attrs = {str(k): v for k, v in row.items() if k is not None and v not in (None, "")}
-        out.append(((path.parent / rel), attrs))
-    return out
-
-
-def resolve_inputs(inputs: Sequence[str | Path]) -> list[FileTask]:
-    """Expand directories (recursive, audio extensions), globs and manifests into unique file tasks.
-
-    A plain file is indexed whatever its extension (a mislabelled file is decoded by content).
-    A later occurrence of a path adds its manifest attributes to the earlier one.
-    """
-    tasks: dict[str, FileTask] = {}
-
-    def add(p: Path, attrs: dict[str, Any] | None = None) -> None:
-        key = str(Path(os.path.abspath(p)))
-        if key in tasks:
-            tasks[key].attributes.update(attrs or {})
-        else:
-            tasks[key] = FileTask(path=key, attributes=dict(attrs or {}))
-
-    for item in inputs:
-        text = str(item)
-        p = Path(text).expanduser()
-        if p.is_dir():
-            for f in _scan_dir(p):
-                add(f)
-        elif p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
-            for f, attrs in _read_manifest(p):
-                add(f, attrs)
-        elif p.exists():
-            add(p)
-        elif _has_glob(text):
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
-            files = [m for m in matches if m.is_file()]
-            for m in matches:
-                if m.is_dir():
-                    files.extend(_scan_dir(m))
-            if not files:
-                raise ConfigError(f"the pattern {text!r} matches no files", "check the pattern; quote it so the shell does not expand it")
-            for f in files:
-                add(f)
-        else:
-            raise ConfigError(f"input {text!r} does not exist", "pass folders, files, glob patterns or CSV/JSONL manifests")
-    for task in tasks.values():
-        try:
-            task.size = os.stat(task.path).st_size
-        except OSError:
-            task.size = 0
-    return list(tasks.values())
-
-
 # --- per-file work -------------------------------------------------------------------------------
-
-
-CLEAN_ENROLLMENT = "clean"  # the store-level enrollment row's name; a group's is "clean:KEY=VALUE"
-MODEL_ENROLLMENT = "model"  # Recording.detected_with of files detected against the model's own enrollment
-
-
-def enrollment_key(name: str, vector: np.ndarray, threshold: float | None) -> str:
-    """What ``Recording.detected_with`` records for a stored clean enrollment: its row name and a
-    digest of its vector and calibrated threshold, so setting it from other clips, or removing
-    it, makes the files detected against it due again (re-enrolling the same clips does not)."""
-    import hashlib
-
-    digest = hashlib.sha1(np.asarray(vector, dtype="<f4").tobytes() + repr(threshold).encode()).hexdigest()[:16]
-    return f"{name}#{digest}"
-
-
-@dataclass(frozen=True)
-class EnrollmentGroup:
-    """The recordings whose manifest attribute ``key`` equals ``value`` (one agent, one line, one site)."""
-
-    key: str
-    value: str
-
-    @classmethod
-    def parse(cls, text: str) -> EnrollmentGroup:
-        """``"agent=alice"`` -> ``EnrollmentGroup("agent", "alice")``."""
-        key, sep, value = text.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise ConfigError(f"group {text!r} is not KEY=VALUE", "name a manifest column and one of its values, e.g. --group agent=alice")
-        group = cls(key, value)
-        if len(group.name) > 200:  # the enrollments table's name column
-            raise ConfigError(f"group {text!r} is too long ({len(group.name)} characters with its prefix)", "use a shorter column value")
-        return group
-
-    @property
-    def name(self) -> str:
-        """The name of this group's row in the store's enrollments table."""
-        return f"{CLEAN_ENROLLMENT}:{self.key}={self.value}"
-
-    def matches(self, attributes: dict[str, Any]) -> bool:
-        """Whether a file with these manifest ``attributes`` belongs to the group (values compared as text)."""
-        return self.key in attributes and str(attributes[self.key]) == self.value
 
 
 @dataclass
@@ -265,16 +111,6 @@ class FileOutcome:
     audio_s: float = 0.0  # audio seconds analysed (one channel's duration)
     size: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def enrollment_for(enrollments: dict[str, np.ndarray], sample_rate: int) -> np.ndarray:
-    """The enrollment vector for a source sampled at ``sample_rate``."""
-    if "store" in enrollments:
-        return enrollments["store"]
-    key = "narrowband" if sample_rate <= NARROWBAND_MAX_SR else "wideband"
-    if key not in enrollments:
-        key = next(iter(enrollments))
-    return enrollments[key]
 
 
 def label_detected(segments: list[DetectedSegment], prototypes: list[Any], threshold: float) -> None:
@@ -507,237 +343,6 @@ class IndexSummary:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def clean_enrollment(store: Store, model: FrameModel, *, sample_rate: int | None = None) -> np.ndarray:
-    """The clean enrollment used for detection: the store-level one set by ``degsearch enroll-clean``
-    for this model if any, else the model's (narrowband for sources <= 8 kHz, wideband otherwise)."""
-    stored = stored_enrollment(store, model.model_id)
-    if stored is not None:
-        return stored
-    return enrollment_for(dict(model.enrollments), sample_rate or TARGET_SR)
-
-
-def _clean_enrollment_column(session: Any, column: Any, model_id: str, group: EnrollmentGroup | None = None) -> Any:
-    """One column of the store's clean enrollment row for ``model_id`` (``group``'s, or the
-    store-level one) — None when there is none."""
-    from sqlalchemy import select
-
-    from retrieval.models import Enrollment
-
-    name = group.name if group is not None else CLEAN_ENROLLMENT
-    return session.scalar(select(column).where(Enrollment.model_id == model_id, Enrollment.name == name))
-
-
-def stored_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> np.ndarray | None:
-    """The store-level (or ``group``'s) clean enrollment vector of ``model_id``, or None."""
-    from retrieval.models import Enrollment, bytes_to_vector
-
-    with store.session() as session:
-        blob = _clean_enrollment_column(session, Enrollment.vector, model_id, group)
-    return None if blob is None else bytes_to_vector(blob)
-
-
-def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup, np.ndarray, float | None, Any]]:
-    """Every group enrollment of ``model_id``: (group, vector, calibrated threshold, created_at),
-    sorted by group."""
-    from sqlalchemy import select
-
-    from retrieval.models import Enrollment, bytes_to_vector
-
-    with store.session() as session:
-        rows = session.execute(select(Enrollment.sources, Enrollment.vector, Enrollment.threshold, Enrollment.created_at)
-                               .where(Enrollment.model_id == model_id, Enrollment.name.startswith(f"{CLEAN_ENROLLMENT}:"))).all()
-    found = [(EnrollmentGroup(**sources["group"]), bytes_to_vector(blob), threshold, created)
-             for sources, blob, threshold, created in rows]
-    return sorted(found, key=lambda row: (row[0].key, row[0].value))
-
-
-@dataclass
-class EnrollmentInfo:
-    """One stored clean enrollment as `degsearch enrollments` lists it."""
-
-    model_id: str
-    scope: str  # "store" or the group's KEY=VALUE
-    clips: int
-    seconds: float
-    threshold: float | None
-    created_at: Any
-
-
-def list_enrollments(store: Store) -> list[EnrollmentInfo]:
-    """Every clean enrollment in ``store``, per model: the store-level one first, then the groups."""
-    from sqlalchemy import select
-
-    from retrieval.models import Enrollment
-
-    with store.session() as session:
-        rows = session.execute(select(Enrollment.model_id, Enrollment.sources, Enrollment.threshold, Enrollment.created_at)
-                               .where(Enrollment.name.startswith(CLEAN_ENROLLMENT))).all()
-    out = []
-    for model_id, sources, threshold, created in rows:
-        sources = sources or {}
-        group = sources.get("group")
-        scope = f"{group['key']}={group['value']}" if group else "store"
-        out.append(EnrollmentInfo(model_id, scope, len(sources.get("clips", [])), float(sources.get("seconds", 0.0)), threshold, created))
-    return sorted(out, key=lambda e: (e.model_id, e.scope != "store", e.scope))
-
-
-# Less clean reference audio than this gives an unreliable threshold: on one held-out real speaker
-# (MODEL_CARD), enrollments from 8 s flagged 13-16 % of the speaker's other clean frames, from
-# 60-240 s 2-7 % (the quantile asks for 2 %). `degsearch enroll-clean` warns below it.
-MIN_REFERENCE_S = 60.0
-
-
-@dataclass
-class CleanEnrollment:
-    """A clean enrollment computed from reference clips: the vector, its own detection threshold,
-    the clips' smoothed frame scores it was taken from, and how much audio that was."""
-
-    vector: np.ndarray
-    threshold: float
-    scores: np.ndarray
-    frames: int
-    seconds: float
-
-
-def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, quantile: float = 0.98,
-                          smooth_frames: int = 5) -> CleanEnrollment:
-    """Embed every frame of the clean ``clips`` (all channels); the enrollment is their normalised mean.
-
-    Its detection threshold is the ``quantile`` of the clips' frame scores against it,
-    median-smoothed as detection smooths them. The model's threshold was calibrated against its
-    built-in enrollment, and distances to an archive's own enrollment sit on another scale (on the
-    demo the model's threshold missed most noise stretches, this one found them).
-    """
-    from scipy.ndimage import median_filter
-
-    if not clips:
-        raise ConfigError("enroll-clean needs at least one clip", "pass clean recordings: degsearch enroll-clean a.wav b.wav")
-    channels: list[np.ndarray] = []
-    seconds = 0.0
-    for clip in clips:
-        audio = load_audio(clip)
-        channels += [out.embeddings for out in model.embed_batch([ch for ch in audio.samples])]
-        seconds += audio.duration_s * audio.channels
-    total = np.sum([e.astype(np.float64).sum(axis=0) for e in channels], axis=0)
-    frames = sum(len(e) for e in channels)
-    norm = float(np.linalg.norm(total))
-    if frames == 0 or norm == 0:
-        raise ModelError("the clips gave no usable frames", "pass longer clean clips (a few seconds each)")
-    vector = (total / norm).astype(np.float32)
-    scores = np.concatenate([median_filter(frame_scores(e, vector), size=smooth_frames, mode="nearest") for e in channels])
-    return CleanEnrollment(vector, float(np.quantile(scores, quantile)), scores, frames, seconds)
-
-
-def set_clean_enrollment(store: Store, model: FrameModel, clips: Sequence[str | Path], *,
-                         quantile: float = 0.98, smooth_frames: int = 5, group: EnrollmentGroup | None = None) -> CleanEnrollment:
-    """Store ``enrollment_from_clips`` of the clean ``clips`` as this store's clean enrollment for
-    ``model`` — or, with ``group``, as that group's — replacing an older one, with its own detection
-    threshold; return it."""
-    from sqlalchemy import delete
-
-    from retrieval.models import Enrollment, vector_to_bytes
-    from retrieval.prototypes import write_session
-
-    enrollment = enrollment_from_clips(model, clips, quantile=quantile, smooth_frames=smooth_frames)
-    name = group.name if group is not None else CLEAN_ENROLLMENT
-    sources: dict[str, Any] = {"clips": [str(Path(c).resolve()) for c in clips], "frames": enrollment.frames,
-                               "seconds": enrollment.seconds, "quantile": quantile}
-    if group is not None:
-        sources["group"] = {"key": group.key, "value": group.value}
-    with write_session(store) as session:
-        session.execute(delete(Enrollment).where(Enrollment.model_id == model.model_id, Enrollment.name == name))
-        session.add(Enrollment(name=name, model_id=model.model_id, dim=model.dim, vector=vector_to_bytes(enrollment.vector),
-                               threshold=enrollment.threshold, sources=sources))
-    return enrollment
-
-
-def remove_clean_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> None:
-    """Delete the store-level (or ``group``'s) clean enrollment of ``model_id``. The files detected
-    against it are detected again, against what applies to them now, on the next index run."""
-    from sqlalchemy import delete
-
-    from retrieval.models import Enrollment
-    from retrieval.prototypes import write_session
-
-    name = group.name if group is not None else CLEAN_ENROLLMENT
-    with write_session(store) as session:
-        removed = session.execute(delete(Enrollment).where(Enrollment.model_id == model_id, Enrollment.name == name)).rowcount
-    if not removed:
-        scope = f"group {group.key}={group.value}" if group is not None else "the store"
-        raise NotFoundError(f"no clean enrollment of {scope} for model {model_id[:12]}",
-                            "`degsearch enrollments` lists the ones set")
-
-
-def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
-    """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
-    by ``enroll-clean`` with the store's enrollment, else the model's."""
-    calibrated = stored_threshold(store, model.model_id) if store is not None and settings.threshold is None else None
-    return _chosen_threshold(settings, model, calibrated)
-
-
-def _chosen_threshold(settings: Settings, model: FrameModel, calibrated: float | None) -> float:
-    """An explicit ``settings.threshold``, else the ``calibrated`` one (``enroll-clean``), else the model's."""
-    if settings.threshold is not None:
-        return float(settings.threshold)
-    return float(model.threshold if calibrated is None else calibrated)
-
-
-def stored_threshold(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> float | None:
-    """The detection threshold calibrated with the store's (or ``group``'s) clean enrollment of
-    ``model_id``, or None."""
-    from retrieval.models import Enrollment
-
-    with store.session() as session:
-        return _clean_enrollment_column(session, Enrollment.threshold, model_id, group)
-
-
-def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, whole: bool = False,
-               store: Store | None = None, settings: Settings | None = None) -> np.ndarray:
-    """One L2-normalised query vector for a clip (a path, or mono 16 kHz samples).
-
-    Channels are averaged to mono. By default the frames inside detected segments (same detection
-    as indexing) are averaged; if none are detected, frames whose score exceeds the threshold; if
-    none either (a clean clip), every frame. ``whole=True`` averages every frame.
-    """
-    from indexer.settings import get_settings
-
-    settings = settings or (store.settings if store is not None else get_settings())
-    if isinstance(path_or_samples, np.ndarray):
-        mono = np.asarray(path_or_samples, dtype=np.float32).reshape(-1)
-        sample_rate = TARGET_SR
-    else:
-        audio = load_audio(path_or_samples)
-        mono = audio.samples.mean(axis=0).astype(np.float32)
-        sample_rate = audio.orig_sr
-    if mono.size < int(MIN_DURATION_S * TARGET_SR):
-        raise AudioDecodeError(str(path_or_samples) if not isinstance(path_or_samples, np.ndarray) else "<samples>",
-                               f"clip too short ({mono.size / TARGET_SR * 1000:.0f} ms)", "use a clip of at least 0.1 s")
-    if not np.isfinite(mono).all():
-        raise AudioDecodeError("<samples>", "contains NaN/inf samples", "pass finite samples")
-    frames = model.embed(mono)
-    emb = frames.embeddings.astype(np.float64)
-    chosen = emb
-    if not whole and len(frames):
-        enrollment = clean_enrollment(store, model, sample_rate=sample_rate) if store is not None else \
-            enrollment_for(dict(model.enrollments), sample_rate)
-        threshold = detection_threshold(store, model, settings)
-        det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s, smooth_frames=settings.smooth_frames,
-                              bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s)
-        segs = det.push(frames) + det.finish()
-        if segs:
-            idx = np.concatenate([np.arange(round(s.start_s / frames.hop_s), round(s.end_s / frames.hop_s)) for s in segs])
-            chosen = emb[np.clip(idx, 0, len(emb) - 1)]
-        else:
-            scores = 1.0 - emb @ (enrollment / np.linalg.norm(enrollment))
-            if (scores > threshold).any():
-                chosen = emb[scores > threshold]
-    vec = chosen.mean(axis=0) if len(chosen) else np.zeros(model.dim)
-    norm = float(np.linalg.norm(vec))
-    if norm == 0:
-        raise ModelError("the clip's frame embeddings average to zero", "use a longer or different clip")
-    return (vec / norm).astype(np.float32)
-
-
 def _load_prototypes(store: Store, model_id: str) -> list[Any]:
     try:
         from retrieval.prototypes import list_prototypes
@@ -778,12 +383,12 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         store_key = enrollment_key(CLEAN_ENROLLMENT, stored, calibrated)
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
-    groups = [GroupDetection(group, vector, _chosen_threshold(settings, model, calibrated), enrolled_at,
+    groups = [GroupDetection(group, vector, chosen_threshold(settings, model, calibrated), enrolled_at,
                              enrollment_key(group.name, vector, calibrated))
               for group, vector, calibrated, enrolled_at in group_enrollments(store, model.model_id)]
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id, groups=groups, store_key=store_key,
-        threshold=_chosen_threshold(settings, model, calibrated),
+        threshold=chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
         chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,
@@ -857,12 +462,12 @@ def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> No
     A file listed without manifest attributes keeps the ones stored with it."""
     from sqlalchemy import select
 
-    from retrieval.models import Enrollment, Recording
+    from retrieval.models import Recording
 
     by_path = {t.path: t for t in tasks}
     paths = list(by_path)
+    store_enrolled_at = stored_enrolled_at(store, ctx.model_id)
     with store.session() as session:
-        store_enrolled_at = _clean_enrollment_column(session, Enrollment.created_at, ctx.model_id)
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
                                           Recording.indexed_at, Recording.detected_with, Recording.attributes)

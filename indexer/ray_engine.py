@@ -1,6 +1,6 @@
 """``--engine ray``: the same per-file work (:func:`indexer.pipeline.process_file`) on Ray Data.
 
-Files become a Ray dataset of pickled :class:`~indexer.pipeline.FileTask` rows; ``map_batches``
+Files become a Ray dataset of pickled :class:`~indexer.inputs.FileTask` rows; ``map_batches``
 runs them through a pool of model actors (each loads the checkpoint once); outcomes stream back
 to the driver, where :func:`indexer.pipeline.index_archive` commits them with the single store
 writer, exactly as the local engine does. On a cluster, start Ray first (``ray start`` /
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import ConfigError
-from indexer.pipeline import FileOutcome, FileTask, IndexContext, process_file
+from indexer.inputs import FileTask
+from indexer.pipeline import FileOutcome, IndexContext, process_file
 
 
 def _require_ray() -> Any:

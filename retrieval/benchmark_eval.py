@@ -330,7 +330,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
         enrollment = _mean_direction(clean_files)
         enrollment_source = f"{len(clean_files)} clean enroll files"
     else:
-        from indexer.pipeline import enrollment_for
+        from indexer.enrollment import enrollment_for
 
         enrollment = enrollment_for(dict(frame_model.enrollments), int(np.median([d.orig_sr for d in test])))
         enrollment_source = "the model's own (the enroll split has no clean files)"
@@ -561,7 +561,8 @@ def _index_test_split(test: list[_FileData], clean_files: list[_FileData], model
     ``speaker_groups`` each speaker of ``clean_files`` also gets a group enrollment from its own
     files (``enroll-clean --group speaker=...``) and the test split is indexed from a manifest
     naming each file's speaker. Returns the store's settings and the indexing summary."""
-    from indexer.pipeline import EnrollmentGroup, index_archive, set_clean_enrollment
+    from indexer.enrollment import EnrollmentGroup, set_clean_enrollment
+    from indexer.pipeline import index_archive
     from indexer.settings import Settings as _Settings
     from retrieval.store import Store
 

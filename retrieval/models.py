@@ -81,7 +81,7 @@ class Recording(Base):
     model_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     index_run_id: Mapped[int | None] = mapped_column(ForeignKey("index_runs.id", ondelete="SET NULL"), nullable=True)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # The clean enrollment the recording was detected against (indexer.pipeline.enrollment_key);
+    # The clean enrollment the recording was detected against (indexer.enrollment.enrollment_key);
     # NULL for recordings indexed before migration 0003.
     detected_with: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # Denominators for statistics, summed over channels.

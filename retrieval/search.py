@@ -163,7 +163,7 @@ def resolve_query(
     """Turn exactly one kind of enrollment into an L2-normalised float32 query vector.
 
     ``clips``: paths (or mono 16 kHz arrays) embedded by ``model`` with
-    :func:`indexer.pipeline.embed_clip` (their detected degraded frames, or every frame with
+    :func:`indexer.query.embed_clip` (their detected degraded frames, or every frame with
     ``whole=True``); several clips are averaged, then normalised. ``segment_id``: that stored
     segment's embedding. ``prototype``: a named or cluster prototype's vector. ``vector``: a raw
     vector, validated (dimension, finite, non-zero) and normalised here.
@@ -189,7 +189,7 @@ def resolve_query(
     if dim is not None and model.dim != dim:
         raise ModelError(f"model {model.name} makes {model.dim}-d embeddings but the store holds {dim}-d ones",
                          "use the model the archive was indexed with (--model)")
-    from indexer.pipeline import embed_clip
+    from indexer.query import embed_clip
 
     assert clips is not None
     vecs = np.stack([np.asarray(embed_clip(model, c, whole=whole, store=store), dtype=np.float64) for c in clips])

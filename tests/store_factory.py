@@ -242,7 +242,7 @@ def quantile_threshold(model, path: Path, quantile: float = 0.6) -> float:
     this flags a realistic mix of frames, so tests see several segments per file."""
     from indexer.audio import load_audio
     from indexer.detect import frame_scores
-    from indexer.pipeline import enrollment_for
+    from indexer.enrollment import enrollment_for
 
     audio = load_audio(path)
     enrollment = enrollment_for(dict(model.enrollments), audio.orig_sr)

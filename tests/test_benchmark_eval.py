@@ -199,7 +199,7 @@ def test_own_speaker_indexing_gives_each_speaker_a_group_enrollment(tmp_path):
     from indexer.audio import load_audio
     from indexer.model import load_model
     from indexer.model.checkpoint import build_untrained_checkpoint
-    from indexer.pipeline import list_enrollments
+    from indexer.enrollment import list_enrollments
     from indexer.settings import Settings
     from retrieval.benchmark_eval import _channel0_segments, _FileData, _index_test_split, read_manifest
     from retrieval.store import Store

@@ -11,7 +11,10 @@ import pytest
 
 from indexer.audio import load_audio
 from indexer.errors import ConfigError
-from indexer.pipeline import embed_clip, index_archive, resolve_inputs, set_clean_enrollment, stored_enrollment, stored_threshold
+from indexer.enrollment import set_clean_enrollment, stored_enrollment, stored_threshold
+from indexer.inputs import resolve_inputs
+from indexer.pipeline import index_archive
+from indexer.query import embed_clip
 from tests.audio_factory import call_signal, write_archive, write_audio
 from tests.store_factory import derive_settings, quantile_threshold, stored_segments
 
@@ -234,7 +237,8 @@ def test_enroll_clean_makes_the_next_run_detect_unchanged_files_again(settings, 
 
 
 def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(settings, archive, untrained_model):
-    from indexer.pipeline import EnrollmentGroup, build_context
+    from indexer.enrollment import EnrollmentGroup
+    from indexer.pipeline import build_context
     from retrieval.store import Store
 
     manifest = archive[0].parent / "calls.csv"
@@ -265,7 +269,7 @@ def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(setting
 
 def test_removing_a_group_enrollment_detects_its_files_again_with_the_store_level_one(settings, archive, untrained_model):
     from indexer.errors import NotFoundError
-    from indexer.pipeline import CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, remove_clean_enrollment
+    from indexer.enrollment import CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, remove_clean_enrollment
     from retrieval.store import Store
 
     manifest = archive[0].parent / "calls.csv"
@@ -354,7 +358,7 @@ def test_remove_enrollment_command_reports_what_it_removed(settings, archive):
 
 @pytest.mark.parametrize("text", ["agent", "=alice", "agent=", "agent=" + "x" * 200])
 def test_enrollment_group_must_be_key_equals_value(text):
-    from indexer.pipeline import EnrollmentGroup
+    from indexer.enrollment import EnrollmentGroup
 
     with pytest.raises(ConfigError, match="group"):
         EnrollmentGroup.parse(text)

@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from indexer.pipeline import MIN_REFERENCE_S, EnrollmentGroup, load_store_model, set_clean_enrollment
+        from indexer.enrollment import MIN_REFERENCE_S, EnrollmentGroup, set_clean_enrollment
+        from indexer.pipeline import load_store_model
         from indexer.settings import get_settings
         from retrieval.store import Store
 
@@ -150,7 +151,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from indexer.pipeline import EnrollmentGroup, load_store_model, remove_clean_enrollment
+        from indexer.enrollment import EnrollmentGroup, remove_clean_enrollment
+        from indexer.pipeline import load_store_model
         from indexer.settings import get_settings
         from retrieval.store import Store
 
@@ -175,7 +177,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from indexer.pipeline import MIN_REFERENCE_S, list_enrollments
+        from indexer.enrollment import MIN_REFERENCE_S, list_enrollments
         from indexer.settings import get_settings
         from retrieval.store import Store
 
