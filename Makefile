@@ -31,12 +31,13 @@ train-deps:
 	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$$(tr '\n' ' ' < indexer/training/SYSTEM_PACKAGES.txt)"
 
 # Reproduces the shipped models' recipes (see MODEL_CARD.md): corpus + shards, then the default
-# `balanced-2`: `fast` and `telephone`, joined as `balanced`, `distilled` taught by it, then
-# `distilled` and `telephone` joined, each written as data/models/balanced-2.NAME.pt (~215 min on
-# 2 cores; --resume keeps what is finished and continues an interrupted run).
+# `balanced-3`: `fast` and `telephone`, joined as `balanced`, `distilled` taught by it, `distilled`
+# and `telephone` joined as `balanced-2`, two seeds of `telephone-distilled` taught by that, then
+# `distilled` and both seeds joined, each written as data/models/balanced-3.NAME.pt (~435 min on 2
+# cores; --resume keeps what is finished and continues an interrupted run).
 train: setup train-deps
 	$(BIN)/degsearch prepare-data data/train --shards 18000 --val-shards 500
-	$(BIN)/degsearch train --preset default --resume --data data/train/shards --out data/models/balanced-2.pt
+	$(BIN)/degsearch train --preset default --resume --data data/train/shards --out data/models/balanced-3.pt
 
 demo: setup
 	$(BIN)/degsearch demo

@@ -1,8 +1,9 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('balanced-2')`` (the default) loads the shipped ``distilled`` and ``telephone`` networks
-run as one ensemble, ``'balanced'`` the ``fast`` and ``telephone`` networks as one (the default
-before it), ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
+``load_model('balanced-3')`` (the default) loads the shipped ``distilled`` network and two seeds of
+the ``telephone-distilled`` recipe run as one ensemble, ``'balanced-2'`` the ``distilled`` and
+``telephone`` networks as one (the default before it), ``'balanced'`` the ``fast`` and
+``telephone`` networks as one, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
 trained for archives of 8 kHz calls, ``'distilled'`` the fast network trained to reproduce
 ``balanced``'s cosines, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
 other value is a checkpoint path. Nothing is downloaded.
