@@ -19,7 +19,7 @@ from indexer.training.combine import combine
 from indexer.training.frozen import decode_clips, encode_clips
 from indexer.training.shards import band_limit_narrowband, load_shards, load_speaker_groups
 from indexer.training.train import (PRESETS, TrainConfig, _segment_prototype_accuracy, balanced_batch, class_weight_at,
-                                    example_classes, member_path, parse_positive_ints, train, validate)
+                                    example_classes, member_path, parse_member, parse_positive_ints, train, validate)
 
 torch.set_num_threads(1)
 SR, CLIP_S, FRAMES = 16000, 1.0, 50
@@ -131,7 +131,7 @@ def test_class_term_is_off_before_its_start_step_and_weighted_after():
     assert class_weight_at(cfg, 0) == 0.0 and class_weight_at(cfg, 99) == 0.0
     assert class_weight_at(cfg, 100) == 0.5 and class_weight_at(cfg, 5000) == 0.5
     for name in PRESETS["default"].members:  # the shipped recipes: contrastive term alone for the first half
-        member = PRESETS[name]
+        member = PRESETS[parse_member(name)[0]]
         assert class_weight_at(member, 0) == 0.0 and class_weight_at(member, member.max_steps // 2) == 0.3
     region = replace(cfg, region_class_weight=0.2)  # the region term starts with the frame term
     assert class_weight_at(region, 99, region.region_class_weight) == 0.0
@@ -310,8 +310,6 @@ def test_an_ensemble_recipe_trains_each_member_then_joins_them_calibrated_and_re
 
 
 def test_an_ensemble_member_spec_with_at_n_trains_the_same_preset_with_the_seed_moved_by_n(shard_root, tmp_path, monkeypatch):
-    from indexer.training.train import parse_member
-
     tiny = replace(PRESETS["smoke"], minutes=5.0, max_steps=2, threads=1, eval_every=2, batch_size=4, contrast_frames=64,
                    network={"channels": [8, 8, 8, 8], "hidden": 32, "dilations": [1, 2]})
     monkeypatch.setitem(PRESETS, "tiny", tiny)
