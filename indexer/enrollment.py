@@ -86,33 +86,35 @@ def clean_enrollment(store: Store, model: FrameModel, *, sample_rate: int | None
     for this model if any, else the model's (narrowband for sources <= 8 kHz, wideband otherwise)."""
     stored = stored_enrollment(store, model.model_id)
     if stored is not None:
-        return stored
+        return stored.vector
     return enrollment_for(dict(model.enrollments), sample_rate or TARGET_SR)
 
 
-def _clean_enrollment_column(session: Any, column: Any, model_id: str, group: EnrollmentGroup | None = None) -> Any:
-    """One column of the store's clean enrollment row for ``model_id`` (``group``'s, or the
-    store-level one) — None when there is none."""
+@dataclass(frozen=True)
+class StoredEnrollment:
+    """A clean enrollment row of the store: its vector, the threshold calibrated on its clips, and
+    when it was set."""
+
+    vector: np.ndarray
+    threshold: float | None
+    created_at: Any
+
+
+def stored_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> StoredEnrollment | None:
+    """The store-level (or ``group``'s) clean enrollment of ``model_id``, read in one query, or None."""
     from sqlalchemy import select
 
-    from retrieval.models import Enrollment
-
-    name = group.name if group is not None else CLEAN_ENROLLMENT
-    return session.scalar(select(column).where(Enrollment.model_id == model_id, Enrollment.name == name))
-
-
-def stored_enrollment(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> np.ndarray | None:
-    """The store-level (or ``group``'s) clean enrollment vector of ``model_id``, or None."""
     from retrieval.models import Enrollment, bytes_to_vector
 
+    name = group.name if group is not None else CLEAN_ENROLLMENT
     with store.session() as session:
-        blob = _clean_enrollment_column(session, Enrollment.vector, model_id, group)
-    return None if blob is None else bytes_to_vector(blob)
+        row = session.execute(select(Enrollment.vector, Enrollment.threshold, Enrollment.created_at)
+                              .where(Enrollment.model_id == model_id, Enrollment.name == name)).first()
+    return None if row is None else StoredEnrollment(bytes_to_vector(row.vector), row.threshold, row.created_at)
 
 
-def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup, np.ndarray, float | None, Any]]:
-    """Every group enrollment of ``model_id``: (group, vector, calibrated threshold, created_at),
-    sorted by group."""
+def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup, StoredEnrollment]]:
+    """Every group enrollment of ``model_id``, sorted by group."""
     from sqlalchemy import select
 
     from retrieval.models import Enrollment, bytes_to_vector
@@ -120,7 +122,7 @@ def group_enrollments(store: Store, model_id: str) -> list[tuple[EnrollmentGroup
     with store.session() as session:
         rows = session.execute(select(Enrollment.sources, Enrollment.vector, Enrollment.threshold, Enrollment.created_at)
                                .where(Enrollment.model_id == model_id, Enrollment.name.startswith(f"{CLEAN_ENROLLMENT}:"))).all()
-    found = [(EnrollmentGroup(**sources["group"]), bytes_to_vector(blob), threshold, created)
+    found = [(EnrollmentGroup(**sources["group"]), StoredEnrollment(bytes_to_vector(blob), threshold, created))
              for sources, blob, threshold, created in rows]
     return sorted(found, key=lambda row: (row[0].key, row[0].value))
 
@@ -245,8 +247,8 @@ def remove_clean_enrollment(store: Store, model_id: str, group: EnrollmentGroup 
 def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
     """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
     by ``enroll-clean`` with the store's enrollment, else the model's."""
-    calibrated = stored_threshold(store, model.model_id) if store is not None and settings.threshold is None else None
-    return chosen_threshold(settings, model, calibrated)
+    stored = stored_enrollment(store, model.model_id) if store is not None and settings.threshold is None else None
+    return chosen_threshold(settings, model, stored.threshold if stored is not None else None)
 
 
 def chosen_threshold(settings: Settings, model: FrameModel, calibrated: float | None) -> float:
@@ -254,20 +256,3 @@ def chosen_threshold(settings: Settings, model: FrameModel, calibrated: float | 
     if settings.threshold is not None:
         return float(settings.threshold)
     return float(model.threshold if calibrated is None else calibrated)
-
-
-def stored_threshold(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> float | None:
-    """The detection threshold calibrated with the store's (or ``group``'s) clean enrollment of
-    ``model_id``, or None."""
-    from retrieval.models import Enrollment
-
-    with store.session() as session:
-        return _clean_enrollment_column(session, Enrollment.threshold, model_id, group)
-
-
-def stored_enrolled_at(store: Store, model_id: str, group: EnrollmentGroup | None = None) -> Any:
-    """When the store's (or ``group``'s) clean enrollment of ``model_id`` was set, or None."""
-    from retrieval.models import Enrollment
-
-    with store.session() as session:
-        return _clean_enrollment_column(session, Enrollment.created_at, model_id, group)

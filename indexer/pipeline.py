@@ -33,7 +33,7 @@ import numpy as np
 from indexer.audio import MIN_DURATION_S, TARGET_SR, AudioStream, content_hash
 from indexer.detect import SegmentDetector
 from indexer.enrollment import (CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, chosen_threshold, enrollment_for,
-                                enrollment_key, group_enrollments, stored_enrolled_at, stored_enrollment, stored_threshold)
+                                enrollment_key, group_enrollments, stored_enrollment)
 from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, StoreError
 from indexer.inputs import FileTask, resolve_inputs
 from indexer.records import DetectedSegment, FrameOutput, RecordingFailure, RecordingResult
@@ -81,6 +81,7 @@ class IndexContext:
     groups: list[GroupDetection] = field(default_factory=list)
     # enrollment_key of the store-level enrollment (MODEL_ENROLLMENT: none, the model's own is used).
     store_key: str = MODEL_ENROLLMENT
+    store_enrolled_at: Any = None  # when the store-level enrollment was set (None: there is none)
 
     def group_for(self, attributes: dict[str, Any]) -> GroupDetection | None:
         """The group enrollment a file with these manifest ``attributes`` takes, if any."""
@@ -376,18 +377,19 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
     """The worker context for ``model`` on ``store`` (enrollments, prototypes, detection settings)."""
     enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in model.enrollments.items()}
     stored = stored_enrollment(store, model.model_id)
-    calibrated = stored_threshold(store, model.model_id)  # read once: the store's key and the threshold
+    calibrated = stored.threshold if stored is not None else None
     store_key = MODEL_ENROLLMENT
     if stored is not None:
-        enrollments = {"store": stored}
-        store_key = enrollment_key(CLEAN_ENROLLMENT, stored, calibrated)
+        enrollments = {"store": stored.vector}
+        store_key = enrollment_key(CLEAN_ENROLLMENT, stored.vector, calibrated)
     if not enrollments:
         raise ModelError(f"model {model.name} has no clean enrollment", "run `degsearch enroll-clean CLIPS...` or use a calibrated checkpoint")
-    groups = [GroupDetection(group, vector, chosen_threshold(settings, model, calibrated), enrolled_at,
-                             enrollment_key(group.name, vector, calibrated))
-              for group, vector, calibrated, enrolled_at in group_enrollments(store, model.model_id)]
+    groups = [GroupDetection(group, row.vector, chosen_threshold(settings, model, row.threshold), row.created_at,
+                             enrollment_key(group.name, row.vector, row.threshold))
+              for group, row in group_enrollments(store, model.model_id)]
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id, groups=groups, store_key=store_key,
+        store_enrolled_at=stored.created_at if stored is not None else None,
         threshold=chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
@@ -466,7 +468,6 @@ def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> No
 
     by_path = {t.path: t for t in tasks}
     paths = list(by_path)
-    store_enrolled_at = stored_enrolled_at(store, ctx.model_id)
     with store.session() as session:
         for start in range(0, len(paths), 500):
             rows = session.execute(select(Recording.path, Recording.content_hash, Recording.model_id, Recording.status,
@@ -481,7 +482,7 @@ def _attach_states(store: Store, tasks: list[FileTask], ctx: IndexContext) -> No
                     task.stale = detected_with != ctx.detected_with(task.attributes)
                 else:  # indexed before the store recorded it: detected again if its enrollment was set since
                     group = ctx.group_for(task.attributes)
-                    enrolled_at = group.enrolled_at if group is not None else store_enrolled_at
+                    enrolled_at = group.enrolled_at if group is not None else ctx.store_enrolled_at
                     task.stale = enrolled_at is not None and indexed_at is not None and indexed_at < enrolled_at
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from indexer.audio import load_audio
 from indexer.errors import ConfigError
-from indexer.enrollment import set_clean_enrollment, stored_enrollment, stored_threshold
+from indexer.enrollment import set_clean_enrollment, stored_enrollment
 from indexer.inputs import resolve_inputs
 from indexer.pipeline import index_archive
 from indexer.query import embed_clip
@@ -174,17 +174,17 @@ def test_clean_enrollment_from_clips_is_stored_and_used(settings, archive, untra
         store.ensure_model(untrained_model.model_id, untrained_model.name, untrained_model.frame_rate, untrained_model.dim, untrained_model.threshold, {})
         vector = set_clean_enrollment(store, untrained_model, [clean]).vector
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
-        np.testing.assert_allclose(stored_enrollment(store, untrained_model.model_id), vector, atol=1e-6)
+        np.testing.assert_allclose(stored_enrollment(store, untrained_model.model_id).vector, vector, atol=1e-6)
         ctx = build_context(store, untrained_model, settings)
         assert list(ctx.enrollments) == ["store"]
         assert ctx.threshold == settings.threshold  # an explicit threshold wins over the calibrated one
         calibrated = build_context(store, untrained_model, derive_settings(settings, threshold=None)).threshold
-        assert calibrated == pytest.approx(stored_threshold(store, untrained_model.model_id))
+        assert calibrated == pytest.approx(stored_enrollment(store, untrained_model.model_id).threshold)
         # It leaves 98 % of the reference clip's (smoothed) frames below it.
         scores = 1.0 - untrained_model.embed(load_audio(clean).samples[0]).embeddings @ vector
         assert 0.9 <= float(np.mean(scores <= calibrated + 1e-6)) <= 1.0
         set_clean_enrollment(store, untrained_model, [archive[0]])  # replacing keeps one enrollment
-        assert not np.allclose(stored_enrollment(store, untrained_model.model_id), vector)
+        assert not np.allclose(stored_enrollment(store, untrained_model.model_id).vector, vector)
     finally:
         store.close()
 
@@ -250,11 +250,11 @@ def test_group_enrollment_applies_to_the_manifest_rows_of_its_group_only(setting
     try:
         vector = set_clean_enrollment(store, untrained_model, [reference], group=alice).vector
         assert stored_enrollment(store, untrained_model.model_id) is None  # the store-level enrollment is untouched
-        np.testing.assert_allclose(stored_enrollment(store, untrained_model.model_id, alice), vector, atol=1e-6)
+        np.testing.assert_allclose(stored_enrollment(store, untrained_model.model_id, alice).vector, vector, atol=1e-6)
         ctx = build_context(store, untrained_model, derive_settings(settings, threshold=None))
         enrollment, threshold = ctx.detection_for({"agent": "alice", "call_id": 7}, 8000)
         np.testing.assert_allclose(enrollment, vector, atol=1e-6)
-        assert threshold == pytest.approx(stored_threshold(store, untrained_model.model_id, alice))
+        assert threshold == pytest.approx(stored_enrollment(store, untrained_model.model_id, alice).threshold)
         other, other_threshold = ctx.detection_for({"agent": "bob"}, 8000)
         np.testing.assert_allclose(other, untrained_model.enrollment_for(8000))
         assert other_threshold == untrained_model.threshold
