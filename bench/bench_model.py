@@ -4,7 +4,9 @@
 
 Builds (once) the four 30-minute benchmarks of MODEL_CARD.md from the held-out speakers of a
 prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, training and
-held-out catalog, seeds 1-4. Then evaluates each ``--model`` on all four and prints one row per
+held-out catalog, seeds 1-4; and two whole-file ones (training catalog, seeds 5-6), where each
+degraded file is degraded from start to end, so that a change which only finds degradations
+against the rest of the same recording shows as a loss there. Then evaluates each ``--model`` on all four and prints one row per
 model and benchmark, then the share of each held-out speaker's clean frames flagged at the
 benchmark's frame-EER threshold (one speaker can carry much of the EER) and the single
 degradations with the most frames under that threshold; each report is kept
@@ -21,12 +23,14 @@ from indexer.training.benchmark import make_benchmark
 from retrieval.benchmark_eval import evaluate_benchmark
 from retrieval.report import KEYS, format_metric, write_report
 
-# (name, channel, catalog, seed): the seeds fix the benchmarks the model card reports.
+# (name, channel, catalog, seed, whole_file): the seeds fix the benchmarks the model card reports.
 BENCHMARKS = [
-    ("wideband-train", "wideband", "train", 1),
-    ("wideband-heldout", "wideband", "heldout", 2),
-    ("telephone-train", "telephone", "train", 3),
-    ("telephone-heldout", "telephone", "heldout", 4),
+    ("wideband-train", "wideband", "train", 1, False),
+    ("wideband-heldout", "wideband", "heldout", 2, False),
+    ("telephone-train", "telephone", "train", 3, False),
+    ("telephone-heldout", "telephone", "heldout", 4, False),
+    ("wideband-whole", "wideband", "train", 5, True),
+    ("telephone-whole", "telephone", "train", 6, True),
 ]
 MOST_MISSED = 6  # single degradations listed per benchmark, most-missed first
 
@@ -45,11 +49,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="length of each benchmark")
     parser.add_argument("--out", default="data/eval", help="reports go to OUT/<model id>-<benchmark>/report.json")
     args = parser.parse_args()
-    for name, channel, catalog, seed in BENCHMARKS:
+    for name, channel, catalog, seed, whole_file in BENCHMARKS:
         bench = Path(args.bench_dir) / name
         if not (bench / "manifest.jsonl").is_file():
             make_benchmark(bench, seed=seed, data_dir=args.data_dir, channel=channel, catalog=catalog,
-                           minutes=args.minutes, log=lambda _msg: None)
+                           minutes=args.minutes, whole_file=whole_file, log=lambda _msg: None)
     columns = [f"{key} ({unit})" if unit else key for key, unit, _ in KEYS] + ["single-degradation prototype_accuracy (%)"]
     print("| model | benchmark | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 2))

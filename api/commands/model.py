@@ -93,6 +93,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
         minutes: Annotated[float, typer.Option(help="Approximate total length (the enroll split needs 2 events per label at least).")] = 10.0,
         file_s: Annotated[float, typer.Option(help="Length of each file in seconds.")] = 8.0,
         label: Annotated[Optional[list[str]], typer.Option(help="Restrict to these catalog labels (repeatable).")] = None,
+        whole_file: Annotated[bool, typer.Option("--whole-file", help="Degrade each degraded file from start to end (one event) instead of splicing 1-3 events into clean speech.")] = False,
     ) -> None:
         """Generate a labelled benchmark (BENCHMARK.md format) with enroll/test splits, singles and pairs."""
         from rich.console import Console
@@ -101,7 +102,8 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         summary = make_benchmark(out, seed=seed, data_dir=data_dir, clean_dir=clean_dir, channel=channel, catalog=catalog,
-                                 minutes=minutes, source=source, file_s=file_s, labels=label or None, log=console.print)
+                                 minutes=minutes, source=source, file_s=file_s, labels=label or None, whole_file=whole_file,
+                                 log=console.print)
         problems = validate_benchmark(out)
         if problems:
             from indexer.errors import DegsearchError

@@ -10,7 +10,8 @@
 - files of ``file_s`` seconds (utterances of one speaker concatenated), 1-3 events each of
   0.4-1.5 s placed in speech (silero-vad), each event one label of the chosen catalog (singles
   and pairs, names ``+``-joined and sorted), spliced as in the training mix-up (5 ms crossfades
-  inside the events; event edges on the 20 ms grid).
+  inside the events; event edges on the 20 ms grid). ``whole_file=True``: one degradation over
+  each degraded file instead (one event from start to end).
 - ``channel='telephone'``: clean speech through the telephone channel (300-3400 Hz, G.711 half
   the time) before degrading, files written at 8 kHz (call archives); ``'wideband'``: 16 kHz.
 - splits: ``enroll`` holds clean files (``clean: true``) and at least ``enroll_per_label``
@@ -87,11 +88,14 @@ def _clean_file(files: list[Path], n: int, rng: random.Random) -> np.ndarray:
 def make_benchmark(out: str | Path, *, seed: int = 0, data_dir: str | Path | None = "data/train",
                    clean_dir: str | Path | None = None, channel: str = "wideband", catalog: str = "train",
                    minutes: float = 10.0, source: str = "real", file_s: float = 8.0, enroll_per_label: int = 2,
-                   labels: list[str] | None = None, log=print) -> dict:
+                   labels: list[str] | None = None, whole_file: bool = False, log=print) -> dict:
     """Write the benchmark to ``out`` and return its summary (files, seconds, events, labels).
 
     ``minutes`` sizes the whole benchmark, but the enroll split always gets ``enroll_per_label``
     events of every label, so small values are rounded up. ``labels`` restricts the catalog.
+    ``whole_file``: each degraded file is one degradation from start to end (a call that is noisy
+    or compressed throughout) instead of 1-3 events spliced into clean speech; a detector that
+    only looks for changes within a recording misses these.
     """
     if channel not in ("wideband", "telephone"):
         raise ConfigError(f"unknown channel {channel!r}", "use wideband or telephone")
@@ -116,16 +120,17 @@ def make_benchmark(out: str | Path, *, seed: int = 0, data_dir: str | Path | Non
     n = int(file_s * SR)
     n_files = max(int(minutes * 60 / file_s), 4)
     n_enroll_clean = max(2, n_files // 20)
-    # Enroll: each label enroll_per_label times, 2 events per file.
+    # Enroll: each label enroll_per_label times, 2 events per file (1 with whole_file).
     enroll_events = [d for d in range(len(cat)) for _ in range(enroll_per_label)]
     rng.shuffle(enroll_events)
-    enroll_files = [enroll_events[i: i + 2] for i in range(0, len(enroll_events), 2)]
+    per_file = 1 if whole_file else 2
+    enroll_files = [enroll_events[i: i + per_file] for i in range(0, len(enroll_events), per_file)]
     n_test = max(n_files - n_enroll_clean - len(enroll_files), 2)
     n_test_clean = max(1, n_test // 10)
     test_files: list[list[int]] = []
     order: list[int] = []
     for _ in range(n_test - n_test_clean):
-        k = rng.randint(1, 3)
+        k = 1 if whole_file else rng.randint(1, 3)
         ev = []
         for _ in range(k):
             if not order:
@@ -147,7 +152,10 @@ def make_benchmark(out: str | Path, *, seed: int = 0, data_dir: str | Path | Non
         clean = clean / (float(np.max(np.abs(clean))) + 1e-9) * rng.uniform(0.3, 0.9)
         events = []
         audio = clean
-        if deg_ids:
+        if deg_ids and whole_file:
+            audio = cat[deg_ids[0]](clean, SR, nrng)
+            events.append({"start": 0.0, "end": round(len(clean) / SR, 3), "label": cat[deg_ids[0]].name})
+        elif deg_ids:
             flags = speech_frames(clean)
             regions = sample_regions(flags, nrng, (len(deg_ids), len(deg_ids)), (0.4, 1.5), min_gap_frames=10)
             degraded = [cat[d](clean, SR, nrng) for d in deg_ids[: len(regions)]]
@@ -164,7 +172,7 @@ def make_benchmark(out: str | Path, *, seed: int = 0, data_dir: str | Path | Non
                       "speaker": spk, "channel": channel})
     (out / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = {"files": len(lines), "seconds": round(len(lines) * file_s, 1), "events": n_events,
-               "labels": sorted(set(labels)), "catalog": catalog, "channel": channel, "seed": seed,
+               "labels": sorted(set(labels)), "catalog": catalog, "channel": channel, "seed": seed, "whole_file": whole_file,
                "source": str(clean_dir) if clean_dir else f"heldout-{source}", "speakers": speakers,
                "build_seconds": round(time.time() - t0, 1)}
     (out / "info.json").write_text(json.dumps(summary, indent=1))
