@@ -99,14 +99,15 @@ def register(app: typer.Typer) -> None:
         """Set this store's clean enrollment and detection threshold from clean clips of your own lines.
 
         The threshold leaves DEGSEARCH_CLEAN_QUANTILE (0.98) of the clips' frames below it; an explicit
-        --threshold / DEGSEARCH_THRESHOLD still wins. With --group, the enrollment applies to the
+        --threshold / DEGSEARCH_THRESHOLD still wins. A clip far unlike the rest (a noisy one, or
+        another voice) is set aside and named, so that it cannot raise the threshold for all. With --group, the enrollment applies to the
         files indexed from a CSV/JSONL manifest whose column KEY equals VALUE: one per agent, say,
         from each agent's own good calls (a file matching several groups takes the first by KEY, then
         VALUE). The next `degsearch index` run detects the files indexed before this again.
         """
         from rich.console import Console
 
-        from indexer.enrollment import MIN_REFERENCE_S, EnrollmentGroup, set_clean_enrollment
+        from indexer.enrollment import MIN_REFERENCE_S, OUTLIER_SHARE, EnrollmentGroup, set_clean_enrollment
         from indexer.pipeline import load_store_model
         from indexer.settings import get_settings
         from retrieval.store import Store
@@ -131,6 +132,12 @@ def register(app: typer.Typer) -> None:
         scope = f" of the files with {enrollment_group.key}={enrollment_group.value}" if enrollment_group is not None else ""
         Console().print(f"clean enrollment{scope} set from {len(clips)} clip(s) for model {frame_model.name} ({frame_model.model_id[:12]}){note}; "
                       f"detection threshold {enrollment.threshold:.3f} (the model's: {frame_model.threshold:.3f})")
+        if enrollment.outliers:
+            Console().print(f"[yellow]warning:[/] set aside {len(enrollment.outliers)} clip(s) unlike the rest (the other clips' "
+                            f"enrollment flags over {OUTLIER_SHARE:.0%} of their frames as degraded): "
+                            + ", ".join(enrollment.outliers)
+                            + ". If they are degraded, leave them out; if they are clean, their speaker or line wants its own "
+                              "enrollment (--group KEY=VALUE).")
         if enrollment.seconds < MIN_REFERENCE_S:
             Console().print(f"[yellow]warning:[/] only {enrollment.seconds:.0f} s of reference audio; with less than "
                             f"{MIN_REFERENCE_S:.0f} s the threshold fits these clips too tightly and flags more of the "
