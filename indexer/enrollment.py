@@ -137,6 +137,7 @@ class EnrollmentInfo:
     seconds: float
     threshold: float | None
     created_at: Any
+    set_aside: int = 0  # clips enroll-clean set aside as unlike the rest
 
 
 def list_enrollments(store: Store) -> list[EnrollmentInfo]:
@@ -153,7 +154,8 @@ def list_enrollments(store: Store) -> list[EnrollmentInfo]:
         sources = sources or {}
         group = sources.get("group")
         scope = f"{group['key']}={group['value']}" if group else "store"
-        out.append(EnrollmentInfo(model_id, scope, len(sources.get("clips", [])), float(sources.get("seconds", 0.0)), threshold, created))
+        out.append(EnrollmentInfo(model_id, scope, len(sources.get("clips", [])), float(sources.get("seconds", 0.0)), threshold, created,
+                                  len(sources.get("set_aside", []))))
     return sorted(out, key=lambda e: (e.model_id, e.scope != "store", e.scope))
 
 

@@ -54,3 +54,6 @@ def test_enroll_clean_command_names_the_clips_it_set_aside(fast_model, reference
     assert result.exit_code == 0, result.output
     assert "set aside 1 clip(s) unlike the rest" in result.output and "noisy.wav" in result.output
     assert "--group KEY=VALUE" in result.output
+    listed = CliRunner().invoke(app, ["enrollments", "--store-dir", str(tmp_path / "store")], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0, listed.output
+    assert "5 (1 set aside)" in listed.output

@@ -207,6 +207,7 @@ def register(app: typer.Typer) -> None:
             else:
                 applies = f"files with {e.scope}"
             seconds = f"{e.seconds:.0f} s" + (" [yellow](short)[/]" if e.seconds < MIN_REFERENCE_S else "")
-            table.add_row(e.model_id[:12], applies, str(e.clips),
+            clips = f"{e.clips}" + (f" ({e.set_aside} set aside)" if e.set_aside else "")
+            table.add_row(e.model_id[:12], applies, clips,
                           seconds, "-" if e.threshold is None else f"{e.threshold:.3f}", f"{e.created_at:%Y-%m-%d %H:%M}")
         console.print(table)
