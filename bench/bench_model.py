@@ -6,7 +6,7 @@ Builds (once) the four 30-minute benchmarks of MODEL_CARD.md from the held-out s
 prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, training and
 held-out catalog, seeds 1-4; and two whole-file ones (training catalog, seeds 5-6), where each
 degraded file is degraded from start to end, so that a change which only finds degradations
-against the rest of the same recording shows as a loss there. Then evaluates each ``--model`` on all four and prints one row per
+against the rest of the same recording shows as a loss there. Then evaluates each ``--model`` on all six and prints one row per
 model and benchmark, then the share of each held-out speaker's clean frames flagged at the
 benchmark's frame-EER threshold (one speaker can carry much of the EER) and the single
 degradations with the most frames under that threshold; each report is kept

@@ -38,6 +38,24 @@ def test_a_noisy_clip_among_clean_ones_is_set_aside_from_the_enrollment_and_its_
     assert with_noisy.frames > clean_only.frames and with_noisy.scores.size == with_noisy.frames
 
 
+@pytest.mark.parametrize("leave_one_out_max", [1000, 200])
+def test_a_channel_pointing_elsewhere_is_set_aside_with_or_without_leave_one_out(leave_one_out_max, monkeypatch):
+    import indexer.enrollment as enrollment
+
+    rng = np.random.default_rng(0)
+    clean_direction, other_direction = np.eye(16, dtype=np.float32)[:2]
+
+    def channel(direction: np.ndarray) -> np.ndarray:
+        frames = direction + 0.3 * rng.standard_normal((50, 16)).astype(np.float32)
+        return frames / np.linalg.norm(frames, axis=1, keepdims=True)
+
+    channels = [channel(clean_direction) for _ in range(250)]
+    channels.insert(7, channel(other_direction))
+    # 251 channels: past the limit of 200 each is judged against the enrollment of all of them
+    monkeypatch.setattr(enrollment, "LEAVE_ONE_OUT_MAX", leave_one_out_max)
+    assert np.flatnonzero(enrollment._outlying(channels, 0.98, 5)).tolist() == [7]
+
+
 def test_two_clips_are_too_few_to_set_one_aside(fast_model, reference_clips):
     clean, noisy = reference_clips
     assert enrollment_from_clips(fast_model, [clean[0], noisy]).outliers == []

@@ -99,8 +99,9 @@ def register(app: typer.Typer) -> None:
         """Set this store's clean enrollment and detection threshold from clean clips of your own lines.
 
         The threshold leaves DEGSEARCH_CLEAN_QUANTILE (0.98) of the clips' frames below it; an explicit
-        --threshold / DEGSEARCH_THRESHOLD still wins. A clip far unlike the rest (a noisy one, or
-        another voice) is set aside and named, so that it cannot raise the threshold for all. With --group, the enrollment applies to the
+        --threshold / DEGSEARCH_THRESHOLD still wins. A clip that the other clips' enrollment calls
+        mostly degraded (a noisy one, a lone odd voice) is set aside and named, so that it cannot
+        raise the threshold for all. With --group, the enrollment applies to the
         files indexed from a CSV/JSONL manifest whose column KEY equals VALUE: one per agent, say,
         from each agent's own good calls (a file matching several groups takes the first by KEY, then
         VALUE). The next `degsearch index` run detects the files indexed before this again.
