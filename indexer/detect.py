@@ -9,6 +9,13 @@ A segment covers every frame from its first to its last degraded frame, bridged 
 included, and summarises them: ``embedding`` = L2-normalised mean of their embeddings, ``mos`` =
 mean frame MOS, ``score`` = mean raw (unsmoothed) score, ``n_frames`` = their number.
 
+Then consecutive segments less than ``merge_gap_s`` apart whose embeddings' cosine exceeds
+``merge_similarity`` become one: a call compressed or noisy throughout is cut at every speech
+pause (silence through a codec scores clean), and those pieces are one degradation. The merged
+segment spans both; its summaries are over the frames of the two (the frames between them,
+scored clean, are in its span but not in its means). Segments of different degradations, however
+close, stay apart.
+
 :class:`SegmentDetector` does this incrementally, so a 10 h recording can be fed chunk by chunk
 with memory bounded by one chunk; it gives the same segments as one call on the whole array
 (:func:`detect_segments` is that one call).
@@ -42,7 +49,7 @@ class SegmentDetector:
 
     def __init__(self, enrollment: np.ndarray, threshold: float, *, channel: int, hop_s: float,
                  smooth_frames: int = 5, bridge_gap_s: float = 0.2, min_segment_s: float = 0.3,
-                 offset_s: float = 0.0) -> None:
+                 merge_gap_s: float = 1.0, merge_similarity: float = 0.8, offset_s: float = 0.0) -> None:
         if smooth_frames < 1:
             raise ValueError(f"smooth_frames must be >= 1 (got {smooth_frames})")
         if hop_s <= 0:
@@ -53,6 +60,8 @@ class SegmentDetector:
         self.hop_s = float(hop_s)
         self.bridge_gap_s = float(bridge_gap_s)
         self.min_segment_s = float(min_segment_s)
+        self.merge_gap_s = float(merge_gap_s)
+        self.merge_similarity = float(merge_similarity)
         self.offset_s = float(offset_s)
         # Median window: `left` past and `right` future frames around each frame.
         self._left = (smooth_frames - 1) // 2
@@ -67,6 +76,8 @@ class SegmentDetector:
         # The open segment: [start, end) frames and sums over them; `gap` sums frames after `end`.
         self._open: dict | None = None
         self._gap: tuple[np.ndarray, float, float] | None = None
+        # The last closed segment (sums, as the open one), held while a similar one may still join it.
+        self._held: dict | None = None
         self._segments: list[DetectedSegment] = []
         self.n_frames = 0
         self.mos_sum = 0.0
@@ -99,6 +110,7 @@ class SegmentDetector:
         if len(self._p_score):
             self._decide(len(self._p_score), final=True)
         self._close()
+        self._release()
         return self._take()
 
     @property
@@ -108,6 +120,11 @@ class SegmentDetector:
 
     # -- internals ------------------------------------------------------------------------------
     def _take(self) -> list[DetectedSegment]:
+        if self._held is not None:
+            # The next segment starts no earlier than the open one, or than the first undecided frame.
+            next_start = self._open["start"] if self._open is not None else self._next
+            if (next_start - self._held["end"]) * self.hop_s >= self.merge_gap_s - _EPS:
+                self._release()
         out, self._segments = self._segments, []
         return out
 
@@ -188,9 +205,23 @@ class SegmentDetector:
         seg, self._open, self._gap = self._open, None, None
         if seg is None:
             return
-        n = seg["end"] - seg["start"]
-        if n * self.hop_s < self.min_segment_s - _EPS:
+        seg["n"] = seg["end"] - seg["start"]
+        if seg["n"] * self.hop_s < self.min_segment_s - _EPS:
             return
+        held = self._held
+        if held is not None and (seg["start"] - held["end"]) * self.hop_s < self.merge_gap_s - _EPS \
+                and _cosine(held["emb"], seg["emb"]) > self.merge_similarity:
+            self._held = {"start": held["start"], "end": seg["end"], "emb": held["emb"] + seg["emb"],
+                          "mos": held["mos"] + seg["mos"], "raw": held["raw"] + seg["raw"], "n": held["n"] + seg["n"]}
+            return
+        self._release()
+        self._held = seg
+
+    def _release(self) -> None:
+        seg, self._held = self._held, None
+        if seg is None:
+            return
+        n = seg["n"]
         vec = seg["emb"]
         norm = float(np.linalg.norm(vec))
         vec = (vec / norm if norm > 0 else vec).astype(np.float32)
@@ -205,13 +236,20 @@ class SegmentDetector:
         ))
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two (unnormalised) embedding sums."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
+
+
 def detect_segments(frames: FrameOutput, enrollment: np.ndarray, threshold: float, *, channel: int,
                     smooth_frames: int = 5, bridge_gap_s: float = 0.2, min_segment_s: float = 0.3,
-                    offset_s: float = 0.0) -> list[DetectedSegment]:
+                    merge_gap_s: float = 1.0, merge_similarity: float = 0.8, offset_s: float = 0.0) -> list[DetectedSegment]:
     """Segments of ``frames`` whose smoothed score exceeds ``threshold`` (see the module docstring).
 
     Times are ``offset_s`` + frame index x ``frames.hop_s``.
     """
     det = SegmentDetector(enrollment, threshold, channel=channel, hop_s=frames.hop_s, smooth_frames=smooth_frames,
-                          bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s, offset_s=offset_s)
+                          bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s, merge_gap_s=merge_gap_s,
+                          merge_similarity=merge_similarity, offset_s=offset_s)
     return det.push(frames) + det.finish()

@@ -74,6 +74,8 @@ class IndexContext:
     smooth_frames: int
     bridge_gap_s: float
     min_segment_s: float
+    merge_gap_s: float
+    merge_similarity: float
     chunk_s: float
     batch_frames: int
     retry_failed: bool = False
@@ -192,7 +194,8 @@ def process_file(ctx: IndexContext, model: FrameModel, task: FileTask) -> FileOu
         enrollment, threshold = ctx.detection_for(task.attributes, stream.orig_sr)
         hop_s = 1.0 / model.frame_rate
         detectors = [SegmentDetector(enrollment, threshold, channel=c, hop_s=hop_s, smooth_frames=ctx.smooth_frames,
-                                     bridge_gap_s=ctx.bridge_gap_s, min_segment_s=ctx.min_segment_s)
+                                     bridge_gap_s=ctx.bridge_gap_s, min_segment_s=ctx.min_segment_s,
+                                     merge_gap_s=ctx.merge_gap_s, merge_similarity=ctx.merge_similarity)
                      for c in range(stream.channels)]
         segments: list[DetectedSegment] = []
         n_samples = 0
@@ -393,7 +396,7 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         threshold=chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
-        chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,
+        merge_gap_s=settings.merge_gap_s, merge_similarity=settings.merge_similarity, chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,
     )
 
 

@@ -48,8 +48,9 @@ def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, w
         enrollment = clean_enrollment(store, model, sample_rate=sample_rate) if store is not None else \
             enrollment_for(dict(model.enrollments), sample_rate)
         threshold = detection_threshold(store, model, settings)
+        # merge_gap_s=0: a merge would add the clean frames between two segments to the query's frames
         det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s, smooth_frames=settings.smooth_frames,
-                              bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s)
+                              bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s, merge_gap_s=0.0)
         segs = det.push(frames) + det.finish()
         if segs:
             idx = np.concatenate([np.arange(round(s.start_s / frames.hop_s), round(s.end_s / frames.hop_s)) for s in segs])

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     smooth_frames: int = Field(5, ge=1, description="Median filter length (frames) applied to detection scores.")
     bridge_gap_s: float = Field(0.2, ge=0, description="Gaps between detected stretches shorter than this are bridged.")
     min_segment_s: float = Field(0.3, ge=0, description="Detected segments shorter than this are dropped.")
+    merge_gap_s: float = Field(1.0, ge=0, description="Segments closer than this whose embeddings are alike (merge_similarity) "
+                               "become one: a call degraded throughout is not cut at every pause (0: off).")
+    merge_similarity: float = Field(0.8, ge=-1, le=1, description="Cosine between two close segments' embeddings above which they merge.")
     label_threshold: float = Field(0.5, description="Cosine below which a segment's nearest prototype label is 'unknown'.")
 
     # --- indexing --------------------------------------------------------------------------

@@ -15,14 +15,14 @@ HUM = np.array([0.0, 0.0, 1.0, 0.0], np.float32)
 
 
 def frames_from(pattern: str, *, degraded=NOISE, mos_clean=4.5, mos_bad=2.0) -> FrameOutput:
-    """'.' = clean frame, 'x' = degraded frame."""
-    emb = np.stack([degraded if c == "x" else CLEAN for c in pattern]).astype(np.float32)
-    mos = np.array([mos_bad if c == "x" else mos_clean for c in pattern])
+    """'.' = clean frame, 'x' = degraded frame, 'h' = a frame of another degradation (hum)."""
+    emb = np.stack([degraded if c == "x" else HUM if c == "h" else CLEAN for c in pattern]).astype(np.float32)
+    mos = np.array([mos_clean if c == "." else mos_bad for c in pattern])
     return FrameOutput(embeddings=emb, mos=mos, hop_s=HOP)
 
 
 def detect(pattern: str, **kw):
-    args = dict(channel=0, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0)
+    args = dict(channel=0, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0, merge_gap_s=0.0)
     args.update(kw)
     return detect_segments(frames_from(pattern), CLEAN, 0.5, **args)
 
@@ -59,6 +59,43 @@ def test_gaps_shorter_than_bridge_are_merged_and_longer_ones_split():
     assert merged[0].score == pytest.approx(40 / 45)
     split = detect(pattern, bridge_gap_s=0.1)  # the gap is exactly 0.1 s: not shorter, so no bridge
     assert [s.n_frames for s in split] == [20, 20]
+
+
+def test_similar_segments_close_together_become_one_and_different_ones_stay_apart():
+    gap = "." * 20  # 0.4 s: too long to bridge, short enough to merge
+    same = detect("." * 5 + "x" * 20 + gap + "x" * 15 + "." * 60, merge_gap_s=1.0, bridge_gap_s=0.2)
+    assert len(same) == 1
+    assert same[0].start_s == pytest.approx(5 * HOP) and same[0].end_s == pytest.approx(60 * HOP)
+    assert same[0].n_frames == 35  # the frames between them (scored clean) are not in its means
+    assert same[0].mos == pytest.approx(2.0) and same[0].score == pytest.approx(1.0)
+    different = detect("." * 5 + "x" * 20 + gap + "h" * 15 + "." * 60, merge_gap_s=1.0, bridge_gap_s=0.2)
+    assert [s.n_frames for s in different] == [20, 15]
+    apart = detect("." * 5 + "x" * 20 + "." * 50 + "x" * 15 + "." * 5, merge_gap_s=1.0)  # exactly 1 s: not shorter
+    assert [s.n_frames for s in apart] == [20, 15]
+
+
+def test_a_merge_reaches_across_chunks_as_in_one_call():
+    pattern = "." * 5 + "x" * 20 + "." * 30 + "x" * 15 + "." * 10 + "h" * 20 + "." * 80
+    whole = detect(pattern, merge_gap_s=1.0)
+    frames = frames_from(pattern)
+    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0,
+                          merge_gap_s=1.0)
+    got = []
+    for a in range(0, len(pattern), 7):
+        got += det.push(FrameOutput(embeddings=frames.embeddings[a:a + 7], mos=frames.mos[a:a + 7], hop_s=HOP))
+    got += det.finish()
+    assert [(s.start_s, s.end_s, s.n_frames) for s in got] == [(s.start_s, s.end_s, s.n_frames) for s in whole]
+    assert [s.n_frames for s in whole] == [35, 20]
+
+
+def test_a_held_segment_is_given_out_once_nothing_can_join_it_any_more():
+    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0,
+                          merge_gap_s=1.0)
+    frames = frames_from("x" * 20 + "." * 45)  # 0.9 s after it: a similar segment could still join
+    assert det.push(frames) == []
+    more = frames_from("." * 10)  # now 1.1 s: it is final before the recording ends
+    assert [s.n_frames for s in det.push(more)] == [20]
+    assert det.finish() == []
 
 
 def test_segments_shorter_than_minimum_are_dropped():

@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         smooth_frames: Annotated[Optional[int], typer.Option(min=1, help="Median smoothing of frame scores, in frames (default 5).")] = None,
         bridge_gap_s: Annotated[Optional[float], typer.Option(min=0, help="Bridge gaps shorter than this (s, default 0.2).")] = None,
         min_segment_s: Annotated[Optional[float], typer.Option(min=0, help="Drop segments shorter than this (s, default 0.3).")] = None,
+        merge_gap_s: Annotated[Optional[float], typer.Option(min=0, help="Merge alike segments closer than this (s, default 1.0; 0: off).")] = None,
         chunk_s: Annotated[Optional[float], typer.Option(help="Streaming chunk length in seconds (default 60).")] = None,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     ) -> None:
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
         from indexer.settings import get_settings
 
         settings = get_settings(store_dir=store_dir, database_url=database_url, model=model, workers=workers, threshold=threshold,
-                                smooth_frames=smooth_frames, bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s, chunk_s=chunk_s)
+                                smooth_frames=smooth_frames, bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s,
+                                merge_gap_s=merge_gap_s, chunk_s=chunk_s)
         if settings.database_url is None:
             settings.store_dir.mkdir(parents=True, exist_ok=True)
         summary = index_archive(list(inputs), settings, engine=engine, retry_failed=retry_failed, progress=not no_progress)
