@@ -84,6 +84,8 @@ class IndexContext:
     # enrollment_key of the store-level enrollment (MODEL_ENROLLMENT: none, the model's own is used).
     store_key: str = MODEL_ENROLLMENT
     store_enrolled_at: Any = None  # when the store-level enrollment was set (None: there is none)
+    # Digest of the settings that cut segments (detection_key): changing one makes files due again.
+    detection_key: str = ""
 
     def group_for(self, attributes: dict[str, Any]) -> GroupDetection | None:
         """The group enrollment a file with these manifest ``attributes`` takes, if any."""
@@ -97,9 +99,10 @@ class IndexContext:
         return enrollment_for(self.enrollments, sample_rate), self.threshold
 
     def detected_with(self, attributes: dict[str, Any]) -> str:
-        """The key of the clean enrollment a file with these manifest ``attributes`` is detected against."""
+        """What a file with these manifest ``attributes`` is detected with: the key of its clean
+        enrollment and, after ``@``, the digest of the detection settings."""
         group = self.group_for(attributes)
-        return group.key if group is not None else self.store_key
+        return f"{group.key if group is not None else self.store_key}@{self.detection_key}"
 
 
 @dataclass
@@ -376,6 +379,17 @@ def load_store_model(settings: Settings) -> FrameModel:
     return load_model(model_spec(settings))
 
 
+def detection_key(settings: Settings) -> str:
+    """A digest of the settings that decide a file's segments besides its enrollment (an explicit
+    threshold, smoothing, bridging, minimum length, merging): a file detected with others is
+    detected again on the next index run, as after a new enrollment."""
+    import hashlib
+
+    values = (settings.threshold, settings.smooth_frames, settings.bridge_gap_s, settings.min_segment_s,
+              settings.merge_gap_s, settings.merge_similarity)
+    return hashlib.sha1(repr(values).encode()).hexdigest()[:12]
+
+
 def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_failed: bool = False) -> IndexContext:
     """The worker context for ``model`` on ``store`` (enrollments, prototypes, detection settings)."""
     enrollments = {k: np.asarray(v, dtype=np.float32) for k, v in model.enrollments.items()}
@@ -392,7 +406,7 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
               for group, row in group_enrollments(store, model.model_id)]
     return IndexContext(
         model_ref=str(settings.model), model_id=model.model_id, groups=groups, store_key=store_key,
-        store_enrolled_at=stored.created_at if stored is not None else None,
+        store_enrolled_at=stored.created_at if stored is not None else None, detection_key=detection_key(settings),
         threshold=chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
         smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,

@@ -64,7 +64,7 @@ class RecordingResult:
     degraded_s: float  # seconds inside segments, summed over channels
     mean_mos: float | None
     attributes: dict[str, Any] = field(default_factory=dict)
-    detected_with: str | None = None  # the clean enrollment's key (indexer.enrollment.enrollment_key)
+    detected_with: str | None = None  # clean enrollment key @ detection settings digest (IndexContext.detected_with)
 
 
 @dataclass

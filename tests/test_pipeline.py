@@ -13,7 +13,7 @@ from indexer.audio import load_audio
 from indexer.errors import ConfigError
 from indexer.enrollment import set_clean_enrollment, stored_enrollment
 from indexer.inputs import resolve_inputs
-from indexer.pipeline import index_archive
+from indexer.pipeline import detection_key, index_archive
 from indexer.query import embed_clip
 from tests.audio_factory import call_signal, write_archive, write_audio
 from tests.store_factory import derive_settings, quantile_threshold, stored_segments
@@ -312,7 +312,17 @@ def test_removing_a_group_enrollment_detects_its_files_again_with_the_store_leve
     finally:
         store.close()
     assert index_archive([str(manifest)], settings, progress=False).indexed == 3
-    assert {r["detected_with"] for r in recordings(settings).values()} == {MODEL_ENROLLMENT}
+    assert {r["detected_with"].split("@")[0] for r in recordings(settings).values()} == {MODEL_ENROLLMENT}
+
+
+def test_changing_a_detection_setting_makes_every_file_due_again_and_keeping_it_does_not(settings, archive):
+    assert index_archive([str(p) for p in archive], settings, progress=False).indexed == 3
+    assert index_archive([str(p) for p in archive], settings, progress=False).skipped == 3
+    unmerged = settings.model_copy(update={"merge_gap_s": 0.0})
+    assert index_archive([str(p) for p in archive], unmerged, progress=False).indexed == 3
+    assert index_archive([str(p) for p in archive], unmerged, progress=False).skipped == 3
+    keys = {r["detected_with"] for r in recordings(settings).values()}
+    assert len(keys) == 1 and next(iter(keys)).endswith("@" + detection_key(unmerged))
 
 
 def test_files_indexed_before_enrollments_were_recorded_are_detected_again_only_after_a_newer_enrollment(settings, archive, untrained_model):
