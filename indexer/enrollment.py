@@ -81,13 +81,16 @@ def enrollment_for(enrollments: dict[str, np.ndarray], sample_rate: int) -> np.n
     return enrollments[key]
 
 
-def clean_enrollment(store: Store, model: FrameModel, *, sample_rate: int | None = None) -> np.ndarray:
-    """The clean enrollment used for detection: the store-level one set by ``degsearch enroll-clean``
-    for this model if any, else the model's (narrowband for sources <= 8 kHz, wideband otherwise)."""
-    stored = stored_enrollment(store, model.model_id)
-    if stored is not None:
-        return stored.vector
-    return enrollment_for(dict(model.enrollments), sample_rate or TARGET_SR)
+def clean_detection(store: Store | None, model: FrameModel, settings: Settings, *,
+                    sample_rate: int = TARGET_SR) -> tuple[np.ndarray, float]:
+    """The (clean enrollment, threshold) a clip is detected with, from one read of the store: the
+    store-level enrollment set by ``degsearch enroll-clean`` for this model and its calibrated
+    threshold if any, else the model's own (narrowband for sources <= 8 kHz, wideband otherwise);
+    an explicit ``settings.threshold`` wins."""
+    stored = stored_enrollment(store, model.model_id) if store is not None else None
+    if stored is None:
+        return enrollment_for(dict(model.enrollments), sample_rate), chosen_threshold(settings, model, None)
+    return stored.vector, chosen_threshold(settings, model, stored.threshold)
 
 
 @dataclass(frozen=True)
@@ -297,13 +300,6 @@ def remove_clean_enrollment(store: Store, model_id: str, group: EnrollmentGroup 
         scope = f"group {group.key}={group.value}" if group is not None else "the store"
         raise NotFoundError(f"no clean enrollment of {scope} for model {model_id[:12]}",
                             "`degsearch enrollments` lists the ones set")
-
-
-def detection_threshold(store: Store | None, model: FrameModel, settings: Settings) -> float:
-    """The threshold on ``1 - cosine``: an explicit ``settings.threshold``, else the one calibrated
-    by ``enroll-clean`` with the store's enrollment, else the model's."""
-    stored = stored_enrollment(store, model.model_id) if store is not None and settings.threshold is None else None
-    return chosen_threshold(settings, model, stored.threshold if stored is not None else None)
 
 
 def chosen_threshold(settings: Settings, model: FrameModel, calibrated: float | None) -> float:

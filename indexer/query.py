@@ -9,7 +9,7 @@ import numpy as np
 
 from indexer.audio import MIN_DURATION_S, TARGET_SR, load_audio
 from indexer.detect import SegmentDetector
-from indexer.enrollment import clean_enrollment, detection_threshold, enrollment_for
+from indexer.enrollment import clean_detection
 from indexer.errors import AudioDecodeError, ModelError
 from indexer.settings import Settings
 
@@ -45,9 +45,7 @@ def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, w
     emb = frames.embeddings.astype(np.float64)
     chosen = emb
     if not whole and len(frames):
-        enrollment = clean_enrollment(store, model, sample_rate=sample_rate) if store is not None else \
-            enrollment_for(dict(model.enrollments), sample_rate)
-        threshold = detection_threshold(store, model, settings)
+        enrollment, threshold = clean_detection(store, model, settings, sample_rate=sample_rate)
         # merge_gap_s=0: a merge would add the clean frames between two segments to the query's frames
         det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s, smooth_frames=settings.smooth_frames,
                               bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s, merge_gap_s=0.0)
