@@ -23,6 +23,8 @@ with memory bounded by one chunk; it gives the same segments as one call on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from indexer.records import DetectedSegment, FrameOutput
@@ -43,30 +45,40 @@ def frame_scores(embeddings: np.ndarray, enrollment: np.ndarray) -> np.ndarray:
     return (1.0 - embeddings.astype(np.float32, copy=False) @ (e / norm)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class DetectionParams:
+    """How frame scores become segments, besides the enrollment and threshold (module docstring).
+    Its defaults are the settings' (``indexer.settings``)."""
+
+    smooth_frames: int = 5
+    bridge_gap_s: float = 0.2
+    min_segment_s: float = 0.3
+    merge_gap_s: float = 1.0
+    merge_similarity: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.smooth_frames < 1:
+            raise ValueError(f"smooth_frames must be >= 1 (got {self.smooth_frames})")
+
+
 class SegmentDetector:
     """Incremental detector for one channel; feed :meth:`push` with consecutive frame chunks, then
     call :meth:`finish`. Also keeps the per-channel totals a recording needs (frames, MOS sum)."""
 
     def __init__(self, enrollment: np.ndarray, threshold: float, *, channel: int, hop_s: float,
-                 smooth_frames: int = 5, bridge_gap_s: float = 0.2, min_segment_s: float = 0.3,
-                 merge_gap_s: float = 1.0, merge_similarity: float = 0.8, offset_s: float = 0.0) -> None:
-        if smooth_frames < 1:
-            raise ValueError(f"smooth_frames must be >= 1 (got {smooth_frames})")
+                 params: DetectionParams = DetectionParams(), offset_s: float = 0.0) -> None:
         if hop_s <= 0:
             raise ValueError(f"hop_s must be positive (got {hop_s})")
         self.enrollment = np.asarray(enrollment, dtype=np.float32).reshape(-1)
         self.threshold = float(threshold)
         self.channel = channel
         self.hop_s = float(hop_s)
-        self.bridge_gap_s = float(bridge_gap_s)
-        self.min_segment_s = float(min_segment_s)
-        self.merge_gap_s = float(merge_gap_s)
-        self.merge_similarity = float(merge_similarity)
+        self.params = params
         self.offset_s = float(offset_s)
         # Median window: `left` past and `right` future frames around each frame.
-        self._left = (smooth_frames - 1) // 2
-        self._right = smooth_frames - 1 - self._left
-        self._k = smooth_frames
+        self._left = (params.smooth_frames - 1) // 2
+        self._right = params.smooth_frames - 1 - self._left
+        self._k = params.smooth_frames
         # Frames received but not yet decided (waiting for `right` frames of look-ahead).
         self._p_score = np.zeros(0, np.float32)
         self._p_emb: np.ndarray | None = None
@@ -123,7 +135,7 @@ class SegmentDetector:
         if self._held is not None:
             # The next segment starts no earlier than the open one, or than the first undecided frame.
             next_start = self._open["start"] if self._open is not None else self._next
-            if (next_start - self._held["end"]) * self.hop_s >= self.merge_gap_s - _EPS:
+            if (next_start - self._held["end"]) * self.hop_s >= self.params.merge_gap_s - _EPS:
                 self._release()
         out, self._segments = self._segments, []
         return out
@@ -175,7 +187,7 @@ class SegmentDetector:
                 gap_start = max(self._open["end"] - g0, 0)
                 gap_frames = g0 + a - self._open["end"]
                 # A zero gap is the same run continuing across a chunk boundary.
-                if gap_frames == 0 or gap_frames * self.hop_s < self.bridge_gap_s - _EPS:
+                if gap_frames == 0 or gap_frames * self.hop_s < self.params.bridge_gap_s - _EPS:
                     parts = [sums(gap_start, b)]
                     if self._gap is not None:
                         parts.append(self._gap)
@@ -198,7 +210,7 @@ class SegmentDetector:
                 e, m, r = e + self._gap[0], m + self._gap[1], r + self._gap[2]
             self._gap = (e, m, r)
             gap_frames = g0 + n - self._open["end"]
-            if gap_frames > 0 and gap_frames * self.hop_s >= self.bridge_gap_s - _EPS:
+            if gap_frames > 0 and gap_frames * self.hop_s >= self.params.bridge_gap_s - _EPS:
                 self._close()  # the gap is already too long to bridge
 
     def _close(self) -> None:
@@ -206,11 +218,11 @@ class SegmentDetector:
         if seg is None:
             return
         seg["n"] = seg["end"] - seg["start"]
-        if seg["n"] * self.hop_s < self.min_segment_s - _EPS:
+        if seg["n"] * self.hop_s < self.params.min_segment_s - _EPS:
             return
         held = self._held
-        if held is not None and (seg["start"] - held["end"]) * self.hop_s < self.merge_gap_s - _EPS \
-                and _cosine(held["emb"], seg["emb"]) > self.merge_similarity:
+        if held is not None and (seg["start"] - held["end"]) * self.hop_s < self.params.merge_gap_s - _EPS \
+                and _cosine(held["emb"], seg["emb"]) > self.params.merge_similarity:
             self._held = {"start": held["start"], "end": seg["end"], "emb": held["emb"] + seg["emb"],
                           "mos": held["mos"] + seg["mos"], "raw": held["raw"] + seg["raw"], "n": held["n"] + seg["n"]}
             return
@@ -243,13 +255,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def detect_segments(frames: FrameOutput, enrollment: np.ndarray, threshold: float, *, channel: int,
-                    smooth_frames: int = 5, bridge_gap_s: float = 0.2, min_segment_s: float = 0.3,
-                    merge_gap_s: float = 1.0, merge_similarity: float = 0.8, offset_s: float = 0.0) -> list[DetectedSegment]:
+                    params: DetectionParams = DetectionParams(), offset_s: float = 0.0) -> list[DetectedSegment]:
     """Segments of ``frames`` whose smoothed score exceeds ``threshold`` (see the module docstring).
 
     Times are ``offset_s`` + frame index x ``frames.hop_s``.
     """
-    det = SegmentDetector(enrollment, threshold, channel=channel, hop_s=frames.hop_s, smooth_frames=smooth_frames,
-                          bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s, merge_gap_s=merge_gap_s,
-                          merge_similarity=merge_similarity, offset_s=offset_s)
+    det = SegmentDetector(enrollment, threshold, channel=channel, hop_s=frames.hop_s, params=params, offset_s=offset_s)
     return det.push(frames) + det.finish()

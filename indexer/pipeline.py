@@ -25,13 +25,13 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from indexer.audio import MIN_DURATION_S, TARGET_SR, AudioStream, content_hash
-from indexer.detect import SegmentDetector
+from indexer.detect import DetectionParams, SegmentDetector
 from indexer.enrollment import (CLEAN_ENROLLMENT, MODEL_ENROLLMENT, EnrollmentGroup, chosen_threshold, enrollment_for,
                                 enrollment_key, group_enrollments, stored_enrollment)
 from indexer.errors import AudioDecodeError, ConfigError, DegsearchError, ModelError, StoreError
@@ -71,11 +71,7 @@ class IndexContext:
     enrollments: dict[str, np.ndarray]  # 'narrowband' / 'wideband' (a store-level one replaces both)
     prototypes: list[Any]  # retrieval.prototypes.PrototypeInfo of this model
     label_threshold: float
-    smooth_frames: int
-    bridge_gap_s: float
-    min_segment_s: float
-    merge_gap_s: float
-    merge_similarity: float
+    detection: DetectionParams
     chunk_s: float
     batch_frames: int
     retry_failed: bool = False
@@ -196,9 +192,7 @@ def process_file(ctx: IndexContext, model: FrameModel, task: FileTask) -> FileOu
         stream = AudioStream(task.path)
         enrollment, threshold = ctx.detection_for(task.attributes, stream.orig_sr)
         hop_s = 1.0 / model.frame_rate
-        detectors = [SegmentDetector(enrollment, threshold, channel=c, hop_s=hop_s, smooth_frames=ctx.smooth_frames,
-                                     bridge_gap_s=ctx.bridge_gap_s, min_segment_s=ctx.min_segment_s,
-                                     merge_gap_s=ctx.merge_gap_s, merge_similarity=ctx.merge_similarity)
+        detectors = [SegmentDetector(enrollment, threshold, channel=c, hop_s=hop_s, params=ctx.detection)
                      for c in range(stream.channels)]
         segments: list[DetectedSegment] = []
         n_samples = 0
@@ -385,8 +379,7 @@ def detection_key(settings: Settings) -> str:
     detected again on the next index run, as after a new enrollment."""
     import hashlib
 
-    values = (settings.threshold, settings.smooth_frames, settings.bridge_gap_s, settings.min_segment_s,
-              settings.merge_gap_s, settings.merge_similarity)
+    values = (settings.threshold, *astuple(settings.detection))
     return hashlib.sha1(repr(values).encode()).hexdigest()[:12]
 
 
@@ -409,8 +402,7 @@ def build_context(store: Store, model: FrameModel, settings: Settings, *, retry_
         store_enrolled_at=stored.created_at if stored is not None else None, detection_key=detection_key(settings),
         threshold=chosen_threshold(settings, model, calibrated),
         enrollments=enrollments, prototypes=_load_prototypes(store, model.model_id), label_threshold=settings.label_threshold,
-        smooth_frames=settings.smooth_frames, bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s,
-        merge_gap_s=settings.merge_gap_s, merge_similarity=settings.merge_similarity, chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,
+        detection=settings.detection, chunk_s=settings.chunk_s, batch_frames=settings.batch_frames, retry_failed=retry_failed,
     )
 
 
@@ -533,8 +525,7 @@ def index_archive(inputs: list[str], settings: Settings, *, engine: str = "local
         _attach_states(store, tasks, ctx)
         summary.run_id = store.start_run(model.model_id, {
             "inputs": [str(i) for i in inputs], "engine": engine, "workers": settings.workers, "retry_failed": retry_failed,
-            "threshold": ctx.threshold, "smooth_frames": ctx.smooth_frames, "bridge_gap_s": ctx.bridge_gap_s,
-            "min_segment_s": ctx.min_segment_s, "chunk_s": ctx.chunk_s,
+            "threshold": ctx.threshold, **asdict(ctx.detection), "chunk_s": ctx.chunk_s,
         })
         bar = _Progress(tasks, progress)
         for outcome in _outcomes(tasks, ctx, model, settings, engine):

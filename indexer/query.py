@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,8 @@ def embed_clip(model: FrameModel, path_or_samples: str | Path | np.ndarray, *, w
     if not whole and len(frames):
         enrollment, threshold = clean_detection(store, model, settings, sample_rate=sample_rate)
         # merge_gap_s=0: a merge would add the clean frames between two segments to the query's frames
-        det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s, smooth_frames=settings.smooth_frames,
-                              bridge_gap_s=settings.bridge_gap_s, min_segment_s=settings.min_segment_s, merge_gap_s=0.0)
+        det = SegmentDetector(enrollment, threshold, channel=0, hop_s=frames.hop_s,
+                              params=replace(settings.detection, merge_gap_s=0.0))
         segs = det.push(frames) + det.finish()
         if segs:
             idx = np.concatenate([np.arange(round(s.start_s / frames.hop_s), round(s.end_s / frames.hop_s)) for s in segs])

@@ -14,6 +14,8 @@ import re
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.detect import DetectionParams
+
 
 # The models shipped inside the package (indexer/model/weights; MODEL_CARD.md), the default first,
 # and the one used when none is named (MODEL_CARD.md says why this one).
@@ -55,12 +57,12 @@ class Settings(BaseSettings):
         description="enroll-clean sets the store's detection threshold at this quantile of the reference clips' "
         "smoothed frame scores (the share of known-clean audio left below it).",
     )
-    smooth_frames: int = Field(5, ge=1, description="Median filter length (frames) applied to detection scores.")
-    bridge_gap_s: float = Field(0.2, ge=0, description="Gaps between detected stretches shorter than this are bridged.")
-    min_segment_s: float = Field(0.3, ge=0, description="Detected segments shorter than this are dropped.")
-    merge_gap_s: float = Field(1.0, ge=0, description="Segments closer than this whose embeddings are alike (merge_similarity) "
+    smooth_frames: int = Field(DetectionParams.smooth_frames, ge=1, description="Median filter length (frames) applied to detection scores.")
+    bridge_gap_s: float = Field(DetectionParams.bridge_gap_s, ge=0, description="Gaps between detected stretches shorter than this are bridged.")
+    min_segment_s: float = Field(DetectionParams.min_segment_s, ge=0, description="Detected segments shorter than this are dropped.")
+    merge_gap_s: float = Field(DetectionParams.merge_gap_s, ge=0, description="Segments closer than this whose embeddings are alike (merge_similarity) "
                                "become one: a call degraded throughout is not cut at every pause (0: off).")
-    merge_similarity: float = Field(0.8, ge=-1, le=1, description="Cosine between two close segments' embeddings above which they merge.")
+    merge_similarity: float = Field(DetectionParams.merge_similarity, ge=-1, le=1, description="Cosine between two close segments' embeddings above which they merge.")
     label_threshold: float = Field(0.5, description="Cosine below which a segment's nearest prototype label is 'unknown'.")
 
     # --- indexing --------------------------------------------------------------------------
@@ -85,6 +87,12 @@ class Settings(BaseSettings):
             if match is None or match.group(1) not in FAISS_SEARCH_PARAMS:
                 raise ValueError(f"{item!r} is not name=number with a name among {', '.join(FAISS_SEARCH_PARAMS)}")
         return value
+
+    @property
+    def detection(self) -> DetectionParams:
+        """The detection settings that cut frames into segments, as one object."""
+        return DetectionParams(smooth_frames=self.smooth_frames, bridge_gap_s=self.bridge_gap_s, min_segment_s=self.min_segment_s,
+                               merge_gap_s=self.merge_gap_s, merge_similarity=self.merge_similarity)
 
     @cached_property
     def resolved_database_url(self) -> str:

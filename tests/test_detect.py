@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.detect import SegmentDetector, detect_segments, frame_scores
+from indexer.detect import DetectionParams, SegmentDetector, detect_segments, frame_scores
 from indexer.records import FrameOutput
 
 HOP = 0.02
@@ -21,10 +21,13 @@ def frames_from(pattern: str, *, degraded=NOISE, mos_clean=4.5, mos_bad=2.0) -> 
     return FrameOutput(embeddings=emb, mos=mos, hop_s=HOP)
 
 
-def detect(pattern: str, **kw):
-    args = dict(channel=0, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0, merge_gap_s=0.0)
-    args.update(kw)
-    return detect_segments(frames_from(pattern), CLEAN, 0.5, **args)
+def bare(**kw) -> DetectionParams:
+    """Detection by the threshold alone (no smoothing, bridging, minimum length or merge) but for ``kw``."""
+    return DetectionParams(**{"smooth_frames": 1, "bridge_gap_s": 0.0, "min_segment_s": 0.0, "merge_gap_s": 0.0, **kw})
+
+
+def detect(pattern: str, *, channel: int = 0, offset_s: float = 0.0, **kw):
+    return detect_segments(frames_from(pattern), CLEAN, 0.5, channel=channel, params=bare(**kw), offset_s=offset_s)
 
 
 def test_single_stretch_gives_exact_boundaries_and_summaries():
@@ -78,8 +81,7 @@ def test_a_merge_reaches_across_chunks_as_in_one_call():
     pattern = "." * 5 + "x" * 20 + "." * 30 + "x" * 15 + "." * 10 + "h" * 20 + "." * 80
     whole = detect(pattern, merge_gap_s=1.0)
     frames = frames_from(pattern)
-    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0,
-                          merge_gap_s=1.0)
+    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, params=bare(merge_gap_s=1.0))
     got = []
     for a in range(0, len(pattern), 7):
         got += det.push(FrameOutput(embeddings=frames.embeddings[a:a + 7], mos=frames.mos[a:a + 7], hop_s=HOP))
@@ -89,8 +91,7 @@ def test_a_merge_reaches_across_chunks_as_in_one_call():
 
 
 def test_a_held_segment_is_given_out_once_nothing_can_join_it_any_more():
-    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0,
-                          merge_gap_s=1.0)
+    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, params=bare(merge_gap_s=1.0))
     frames = frames_from("x" * 20 + "." * 45)  # 0.9 s after it: a similar segment could still join
     assert det.push(frames) == []
     more = frames_from("." * 10)  # now 1.1 s: it is final before the recording ends
@@ -113,7 +114,7 @@ def test_offset_and_channel_are_applied():
 def test_segment_embedding_is_normalised_mean_of_its_frames():
     emb = np.stack([NOISE] * 10 + [HUM] * 30).astype(np.float32)
     frames = FrameOutput(embeddings=emb, mos=np.full(40, 3.0), hop_s=HOP)
-    segs = detect_segments(frames, CLEAN, 0.5, channel=0, smooth_frames=1, bridge_gap_s=0, min_segment_s=0)
+    segs = detect_segments(frames, CLEAN, 0.5, channel=0, params=bare())
     expected = (10 * NOISE + 30 * HUM) / np.linalg.norm(10 * NOISE + 30 * HUM)
     np.testing.assert_allclose(segs[0].embedding, expected, atol=1e-6)
     assert np.linalg.norm(segs[0].embedding) == pytest.approx(1.0)
@@ -123,8 +124,8 @@ def test_threshold_is_on_one_minus_cosine():
     half = np.array([np.cos(np.pi / 3), np.sin(np.pi / 3), 0, 0], np.float32)  # cosine 0.5 -> score 0.5
     assert frame_scores(half[None], CLEAN)[0] == pytest.approx(0.5, abs=1e-6)
     frames = FrameOutput(embeddings=np.stack([half] * 20), mos=np.full(20, 3.0), hop_s=HOP)
-    assert detect_segments(frames, CLEAN, 0.49, channel=0, smooth_frames=1, bridge_gap_s=0, min_segment_s=0)
-    assert not detect_segments(frames, CLEAN, 0.51, channel=0, smooth_frames=1, bridge_gap_s=0, min_segment_s=0)
+    assert detect_segments(frames, CLEAN, 0.49, channel=0, params=bare())
+    assert not detect_segments(frames, CLEAN, 0.51, channel=0, params=bare())
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 50, 333])
@@ -136,7 +137,7 @@ def test_chunked_detection_equals_one_shot_detection(chunk):
     emb = np.where(state[:, None] == 1, NOISE, CLEAN) + 0.4 * rng.standard_normal((n, 4))
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     mos = rng.uniform(1, 5, n)
-    kw = dict(channel=0, smooth_frames=5, bridge_gap_s=0.2, min_segment_s=0.3)
+    kw = dict(channel=0, params=DetectionParams())  # the defaults: smoothing, bridging, minimum length, merge
     whole = detect_segments(FrameOutput(emb, mos, HOP), CLEAN, 0.5, **kw)
     det = SegmentDetector(CLEAN, 0.5, hop_s=HOP, **kw)
     parts = []
@@ -152,7 +153,7 @@ def test_chunked_detection_equals_one_shot_detection(chunk):
 
 
 def test_run_crossing_chunk_boundary_is_one_segment_even_without_bridging():
-    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, smooth_frames=1, bridge_gap_s=0.0, min_segment_s=0.0)
+    det = SegmentDetector(CLEAN, 0.5, channel=0, hop_s=HOP, params=bare())
     segs = det.push(frames_from("." * 5 + "x" * 5)) + det.push(frames_from("x" * 5 + "." * 5)) + det.finish()
     assert [(s.n_frames, s.start_s) for s in segs] == [(10, pytest.approx(0.1))]
 
