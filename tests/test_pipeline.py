@@ -220,6 +220,25 @@ def test_index_command_prints_summary(settings, archive):
     assert skipped_line.replace("│", " ").split()[-1] == "3"
 
 
+def test_index_command_detection_flags_reach_the_run_record(settings, archive):
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from retrieval.models import IndexRun
+    from retrieval.store import Store
+
+    args = ["index", str(archive[0]), "--store-dir", str(settings.store_dir), "--model", str(settings.model),
+            "--threshold", str(settings.threshold), "--merge-gap-s", "2.5", "--merge-similarity", "0.9",
+            "--min-segment-s", "0.5", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with Store.open(settings).session() as session:
+        recorded = session.scalars(select(IndexRun)).one().args
+    assert (recorded["merge_gap_s"], recorded["merge_similarity"], recorded["min_segment_s"]) == (2.5, 0.9, 0.5)
+    assert recorded["smooth_frames"] == settings.smooth_frames and recorded["bridge_gap_s"] == settings.bridge_gap_s
+
+
 def test_enroll_clean_makes_the_next_run_detect_unchanged_files_again(settings, archive, untrained_model):
     from retrieval.store import Store
 

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         bridge_gap_s: Annotated[Optional[float], typer.Option(min=0, help="Bridge gaps shorter than this (s, default 0.2).")] = None,
         min_segment_s: Annotated[Optional[float], typer.Option(min=0, help="Drop segments shorter than this (s, default 0.3).")] = None,
         merge_gap_s: Annotated[Optional[float], typer.Option(min=0, help="Merge alike segments closer than this (s, default 1.0; 0: off).")] = None,
+        merge_similarity: Annotated[Optional[float], typer.Option(min=-1, max=1, help="Cosine between two close segments' embeddings above which they merge (default 0.8).")] = None,
         chunk_s: Annotated[Optional[float], typer.Option(help="Streaming chunk length in seconds (default 60).")] = None,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     ) -> None:
@@ -82,7 +83,7 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings(store_dir=store_dir, database_url=database_url, model=model, workers=workers, threshold=threshold,
                                 smooth_frames=smooth_frames, bridge_gap_s=bridge_gap_s, min_segment_s=min_segment_s,
-                                merge_gap_s=merge_gap_s, chunk_s=chunk_s)
+                                merge_gap_s=merge_gap_s, merge_similarity=merge_similarity, chunk_s=chunk_s)
         if settings.database_url is None:
             settings.store_dir.mkdir(parents=True, exist_ok=True)
         summary = index_archive(list(inputs), settings, engine=engine, retry_failed=retry_failed, progress=not no_progress)
