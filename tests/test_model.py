@@ -159,7 +159,7 @@ def test_checkpoint_and_distillmos_front_end_load_with_network_off(network_off, 
     assert out.embeddings.shape == (35, 64) and np.isfinite(out.mos).all()
 
 
-@pytest.mark.parametrize("name", ["fast", "telephone", "distilled"])
+@pytest.mark.parametrize("name", ["fast", "telephone", "distilled", "telephone-3"])
 def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off, name):
     model = load_model(name)
     assert model.name == name and model.embed(voice(0.5)).embeddings.shape == (25, 64)

@@ -5,7 +5,8 @@ the ``telephone-distilled`` recipe run as one ensemble, ``'balanced-2'`` the ``d
 ``telephone`` networks as one (the default before it), ``'balanced'`` the ``fast`` and
 ``telephone`` networks as one, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
 trained for archives of 8 kHz calls, ``'distilled'`` the fast network trained to reproduce
-``balanced``'s cosines, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
+``balanced``'s cosines, ``'telephone-3'`` the telephone network taught by ``balanced-3``,
+``'accurate'`` the distillmos-front-end model when it is shipped, and any
 other value is a checkpoint path. Nothing is downloaded.
 """
 
