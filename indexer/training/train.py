@@ -162,7 +162,7 @@ PRESETS["balanced-2"] = TrainConfig(minutes=PRESETS["balanced"].minutes + PRESET
 PRESETS["telephone-distilled"] = replace(PRESETS["telephone"], distill_from="balanced-2")
 # `telephone-3`: the telephone recipe taught by the shipped balanced-3 (a third round; ~100 min on
 # 2 cores), seed 2 as measured. Alone it is level with balanced-3 on mean frame EER at a third of its
-# cost, and better than telephone on all six benchmarks; in an ensemble it added nothing (MODEL_CARD).
+# cost, with lower frame EER than telephone on all six benchmarks; in an ensemble it added nothing (MODEL_CARD).
 PRESETS["telephone-3"] = replace(PRESETS["telephone"], distill_from="balanced-3", seed=2)
 # The shipped default, `balanced-3`: distilled and two seeds of telephone-distilled as one ensemble
 # (~435 min: balanced-2 as the teacher, then the two taught networks). Against balanced-2, over
