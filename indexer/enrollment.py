@@ -205,15 +205,16 @@ def enrollment_from_clips(model: FrameModel, clips: Sequence[str | Path], *, qua
     frames = sum(len(e) for e in channels)
     outlying = _outlying(channels, quantile, smooth_frames)
     kept = [e for e, out in zip(channels, outlying) if not out]
-    vector = _mean_direction(kept)
+    vector = mean_direction(kept)
     per_channel = _smoothed_scores(channels, vector, smooth_frames)
     threshold = float(np.quantile(np.concatenate([s for s, out in zip(per_channel, outlying) if not out]), quantile))
     outliers = sorted({name for name, out in zip(names, outlying) if out})
     return CleanEnrollment(vector, threshold, np.concatenate(per_channel), frames, seconds, outliers)
 
 
-def _mean_direction(channels: list[np.ndarray]) -> np.ndarray:
-    """The normalised mean of every frame embedding of ``channels``."""
+def mean_direction(channels: Sequence[np.ndarray]) -> np.ndarray:
+    """A clean enrollment: the normalised mean of every frame embedding of ``channels`` (arrays of
+    frames); enroll-clean's, and ``degsearch evaluate``'s from a benchmark's clean enroll files."""
     total = np.sum([e.astype(np.float64).sum(axis=0) for e in channels], axis=0)
     norm = float(np.linalg.norm(total))
     if sum(len(e) for e in channels) == 0 or norm == 0:
@@ -245,7 +246,7 @@ def _outlying(channels: list[np.ndarray], quantile: float, smooth_frames: int) -
     sums = np.stack([e.astype(np.float64).sum(axis=0) for e in channels])
     total = sums.sum(axis=0)
     if len(channels) > LEAVE_ONE_OUT_MAX:
-        scores = _smoothed_scores(channels, _mean_direction(channels), smooth_frames)
+        scores = _smoothed_scores(channels, mean_direction(channels), smooth_frames)
         cut = float(np.quantile(np.concatenate(scores), quantile))
         return [bool(len(s)) and float(np.mean(s > cut)) > OUTLIER_SHARE for s in scores]
     out = []

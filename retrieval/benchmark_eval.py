@@ -325,13 +325,13 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
     hop_s = test[0].hop_s
 
     # clean enrollment -----------------------------------------------------------------------------
+    from indexer.enrollment import enrollment_for, mean_direction
+
     clean_files = [d for d in enroll if d.meta.clean]
     if clean_files:
-        enrollment = _mean_direction(clean_files)
+        enrollment = mean_direction([d.embeddings for d in clean_files])
         enrollment_source = f"{len(clean_files)} clean enroll files"
     else:
-        from indexer.enrollment import enrollment_for
-
         enrollment = enrollment_for(dict(frame_model.enrollments), int(np.median([d.orig_sr for d in test])))
         enrollment_source = "the model's own (the enroll split has no clean files)"
         notes.append("no clean enroll files: the model's built-in clean enrollment was used")
@@ -511,12 +511,6 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
     return out
 
 
-def _mean_direction(files: list[_FileData]) -> np.ndarray:
-    """The clean enrollment of ``files``: the normalised mean of all their frame embeddings."""
-    total = np.sum([d.embeddings.astype(np.float64).sum(axis=0) for d in files], axis=0)
-    return (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
-
-
 def _clean_files_by_speaker(clean_files: list[_FileData]) -> dict[str, list[_FileData]]:
     """The clean enroll files of each named speaker (files naming none are left out)."""
     by_speaker: dict[str, list[_FileData]] = {}
@@ -534,7 +528,9 @@ def _own_speaker_enrollment_eer(test: list[_FileData], clean_files: list[_FileDa
     by_speaker = _clean_files_by_speaker(clean_files)
     if not by_speaker or any(d.meta.speaker not in by_speaker for d in test):
         return None
-    vectors = {spk: _mean_direction(files) for spk, files in by_speaker.items()}
+    from indexer.enrollment import mean_direction
+
+    vectors = {spk: mean_direction([d.embeddings for d in files]) for spk, files in by_speaker.items()}
     own = np.concatenate([1.0 - d.embeddings @ vectors[d.meta.speaker] for d in test])
     return {"frame_eer": _pct(ev.equal_error_rate(own, all_targets)), "speakers": len({d.meta.speaker for d in test})}
 
