@@ -13,7 +13,7 @@ from indexer.errors import ModelError
 from indexer.model import FrameModel, load_model
 from indexer.model.checkpoint import build_untrained_checkpoint, file_model_id, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FRAME_HOP, DistillMOSFrontEnd, FrameNetwork, NetworkConfig, distillmos_cnn_state, fold_batchnorm
-from indexer.training.train import PRESETS
+from indexer.training.train import PRESETS, parse_member
 
 torch.set_num_threads(1)
 SR = 16000
@@ -234,14 +234,18 @@ def test_an_ensemble_embedding_is_unit_length_its_cosine_the_members_mean_and_it
         EnsembleNetwork(nets[:1])
 
 
-# (ensemble, its preset's members that ship on their own): balanced-3's taught networks ship only inside it.
-@pytest.mark.parametrize("name, shipped", [("balanced-3", ["distilled"]), ("balanced-2", ["distilled", "telephone"]),
+# (ensemble, its preset's members that ship on their own): the taught networks ship only inside them.
+@pytest.mark.parametrize("name, shipped", [("balanced-4", ["distilled"]), ("balanced-3", ["distilled"]), ("balanced-2", ["distilled", "telephone"]),
                                            ("balanced", ["fast", "telephone"])])
 def test_a_shipped_ensemble_is_its_presets_member_networks_together(network_off, name, shipped):
     ensemble, parts = load_model(name), [load_model(m) for m in shipped]
     members = ensemble.meta["recipe"]["ensemble_of"]
     assert len(members) == len(PRESETS[name].members) and PRESETS[name].members[: len(shipped)] == shipped
     assert [m["model_id"] for m in members[: len(parts)]] == [p.model_id for p in parts]
+    for spec, member in zip(PRESETS[name].members, members):  # each network was trained by its member's recipe
+        recipe, (preset, seed) = member["recipe"]["train_config"], parse_member(spec)
+        assert recipe["seed"] == seed and recipe.get("network", {}) == PRESETS[preset].network, spec
+        assert recipe.get("distill_from", "") == PRESETS[preset].distill_from, spec
     assert set(ensemble.enrollments) == {"wideband", "narrowband"} and 0 < ensemble.threshold < 2
     x = voice(0.5)
     out, dim = ensemble.embed(x).embeddings, parts[0].dim

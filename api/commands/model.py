@@ -116,7 +116,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced-3: trains balanced-2, then two seeds of telephone-distilled taught by it, and joins distilled with them, ~435 min), balanced-2 (trains fast and telephone, joins them as balanced, trains distilled taught by it, then joins distilled and telephone, ~215 min), balanced (fast + telephone, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), distilled (fast on telephone's data, also trained to reproduce balanced's cosines, ~75 min), telephone-distilled (telephone's recipe, also trained to reproduce balanced-2's cosines, ~120 min), telephone-3 (telephone's recipe taught by the installed balanced-3, seed 2: the shipped telephone-3, ~100 min), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced-4: trains balanced-3, then telephone-3-long taught by it, and joins balanced-3's distilled and first telephone-distilled with it, ~535 min), balanced-3 (trains balanced-2, then two seeds of telephone-distilled taught by it, and joins distilled with them, ~435 min), balanced-2 (trains fast and telephone, joins them as balanced, trains distilled taught by it, then joins distilled and telephone, ~215 min), balanced (fast + telephone, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), distilled (fast on telephone's data, also trained to reproduce balanced's cosines, ~75 min), telephone-distilled (telephone's recipe, also trained to reproduce balanced-2's cosines, ~120 min), telephone-3 (telephone's recipe taught by the installed balanced-3, seed 2: the shipped telephone-3, ~100 min), telephone-3-long (telephone-3 with a sixth temporal block, ~2.5 s of context, ~100 min), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,
@@ -202,7 +202,7 @@ def _register_combine(app: typer.Typer) -> None:
         members: Annotated[list[str], typer.Argument(help="Two or more trained models: shipped names (fast, telephone) or checkpoint files.")],
         data: Annotated[Path, typer.Option(help="Shards directory: its training clips give the clean enrollments, its validation sets the threshold.")] = Path("data/train/shards"),
     ) -> None:
-        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-3' model is distilled + two seeds of telephone-distilled)."""
+        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-4' model is distilled + telephone-distilled + telephone-3-long)."""
         from rich.console import Console
 
         from indexer.training.combine import combine as combine_models

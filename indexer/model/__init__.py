@@ -1,12 +1,13 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('balanced-3')`` (the default) loads the shipped ``distilled`` network and two seeds of
-the ``telephone-distilled`` recipe run as one ensemble, ``'balanced-2'`` the ``distilled`` and
-``telephone`` networks as one (the default before it), ``'balanced'`` the ``fast`` and
-``telephone`` networks as one, ``'fast'`` the log-mel CNN alone (twice the speed), ``'telephone'`` the same network
-trained for archives of 8 kHz calls, ``'distilled'`` the fast network trained to reproduce
-``balanced``'s cosines, ``'telephone-3'`` the telephone network taught by ``balanced-3``,
-``'accurate'`` the distillmos-front-end model when it is shipped, and any
+``load_model('balanced-4')`` (the default) loads the shipped ``distilled`` network, the
+``telephone-distilled`` network and the ``telephone-3-long`` network (~2.5 s of context) run as one
+ensemble, ``'balanced-3'`` ``distilled`` and two seeds of ``telephone-distilled`` as one (the default
+before it), ``'balanced-2'`` the ``distilled`` and ``telephone`` networks as one, ``'balanced'`` the
+``fast`` and ``telephone`` networks as one, ``'fast'`` the log-mel CNN alone (twice the speed),
+``'telephone'`` the same network trained for archives of 8 kHz calls, ``'distilled'`` the fast network
+trained to reproduce ``balanced``'s cosines, ``'telephone-3'`` the telephone network taught by
+``balanced-3``, ``'accurate'`` the distillmos-front-end model when it is shipped, and any
 other value is a checkpoint path. Nothing is downloaded.
 """
 

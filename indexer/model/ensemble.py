@@ -1,4 +1,4 @@
-"""Several trained frame networks used as one: the ``balanced-3``, ``balanced-2`` and ``balanced`` models.
+"""Several trained frame networks used as one: the ``balanced-4``, ``balanced-3``, ``balanced-2`` and ``balanced`` models.
 
 Each member embeds the same frames; the ensemble's embedding is the members' L2-normalised
 embeddings concatenated and divided by sqrt(k), so it is unit length and its cosine with another
