@@ -159,18 +159,23 @@ def test_checkpoint_and_distillmos_front_end_load_with_network_off(network_off, 
     assert out.embeddings.shape == (35, 64) and np.isfinite(out.mos).all()
 
 
+def assert_trained_by(recipe: dict, preset_name: str) -> None:
+    """A checkpoint's ``meta["recipe"]`` (or an ensemble member's) is the preset's recipe."""
+    config, preset = recipe["train_config"], PRESETS[preset_name]
+    assert config.get("narrowband_8khz", False) is preset.narrowband_8khz, preset_name
+    assert config.get("wideband_8khz_share", 0.0) == preset.wideband_8khz_share, preset_name
+    assert (config["max_steps"], config["class_weight"]) == (preset.max_steps, preset.class_weight), preset_name
+    assert config.get("network", {}) == preset.network, preset_name  # e.g. the telephone model's fifth temporal block
+    assert recipe["train_examples"] == preset.train_examples, preset_name
+    assert config.get("distill_from", "") == preset.distill_from, preset_name  # distilled: the balanced ensemble's cosines
+
+
 @pytest.mark.parametrize("name", ["fast", "telephone", "distilled", "telephone-3"])
 def test_shipped_models_load_with_network_off_and_carry_their_recipe(network_off, name):
     model = load_model(name)
     assert model.name == name and model.embed(voice(0.5)).embeddings.shape == (25, 64)
     assert set(model.enrollments) == {"wideband", "narrowband"} and 0 < model.threshold < 2
-    recipe, preset = model.meta["recipe"]["train_config"], PRESETS[name]
-    assert recipe.get("narrowband_8khz", False) is preset.narrowband_8khz
-    assert recipe.get("wideband_8khz_share", 0.0) == preset.wideband_8khz_share
-    assert (recipe["max_steps"], recipe["class_weight"]) == (preset.max_steps, preset.class_weight)
-    assert recipe.get("network", {}) == preset.network  # the telephone model's fifth temporal block
-    assert model.meta["recipe"]["train_examples"] == preset.train_examples
-    assert recipe.get("distill_from", "") == preset.distill_from  # distilled: the balanced ensemble's cosines
+    assert_trained_by(model.meta["recipe"], name)
 
 
 def test_hf_encoder_from_a_saved_tiny_random_wav2vec2(tmp_path):
@@ -243,9 +248,9 @@ def test_a_shipped_ensemble_is_its_presets_member_networks_together(network_off,
     assert len(members) == len(PRESETS[name].members) and PRESETS[name].members[: len(shipped)] == shipped
     assert [m["model_id"] for m in members[: len(parts)]] == [p.model_id for p in parts]
     for spec, member in zip(PRESETS[name].members, members):  # each network was trained by its member's recipe
-        recipe, (preset, seed) = member["recipe"]["train_config"], parse_member(spec)
-        assert recipe["seed"] == seed and recipe.get("network", {}) == PRESETS[preset].network, spec
-        assert recipe.get("distill_from", "") == PRESETS[preset].distill_from, spec
+        preset, seed = parse_member(spec)
+        assert_trained_by(member["recipe"], preset)
+        assert member["recipe"]["train_config"]["seed"] == seed, spec
     assert set(ensemble.enrollments) == {"wideband", "narrowband"} and 0 < ensemble.threshold < 2
     x = voice(0.5)
     out, dim = ensemble.embed(x).embeddings, parts[0].dim
