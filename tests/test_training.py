@@ -241,7 +241,7 @@ def test_fine_tuning_starts_from_the_given_networks_weights_and_refuses_another_
     console.file.close()
 
 
-def test_train_command_builds_the_network_and_loss_its_width_context_batch_and_temperature_flags_ask_for(shard_root, tmp_path):
+def test_train_command_applies_its_network_width_context_batch_and_temperature_flags(shard_root, tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
