@@ -258,6 +258,8 @@ def test_train_command_applies_its_network_width_context_batch_and_temperature_f
     assert load_model(str(out)).embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 64)
     refused = CliRunner().invoke(app, args[:-6] + ["--channels", "8,0"])
     assert isinstance(refused.exception, ConfigError) and "channels '8,0'" in str(refused.exception)
+    too_big = CliRunner().invoke(app, args[:-6] + ["--batch-size", "1000"])
+    assert isinstance(too_big.exception, ConfigError) and "larger than the 24 training examples" in str(too_big.exception)
 
 
 def test_frozen_encoder_features_cached_once_score_what_the_model_embeds(tmp_path):

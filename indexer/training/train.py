@@ -335,6 +335,9 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
         console.print(f"starting from the weights of {cfg.init_from}")
     budget = cfg.minutes * 60
     n = len(train_arrays["audio"])
+    if cfg.batch_size > n:  # checked before the teacher's embeddings, which take minutes
+        raise ConfigError(f"batch size {cfg.batch_size} is larger than the {n} training examples",
+                          "lower --batch-size or train on more examples (--train-examples, more shards)")
     audio_t = torch.from_numpy(train_arrays["audio"])
     labels_t = torch.from_numpy(train_arrays["frame_labels"].astype(np.int64))
     fmos_t = torch.from_numpy(train_arrays["frame_mos"])
