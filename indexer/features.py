@@ -15,27 +15,30 @@ N_MELS = 64
 MEL_FMIN = 20.0
 
 
-@lru_cache(maxsize=1)
-def _mel_basis() -> torch.Tensor:
-    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=SAMPLE_RATE / 2)
+@lru_cache(maxsize=4)
+def _mel_basis(n_mels: int, n_fft: int) -> torch.Tensor:
+    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels, fmin=MEL_FMIN, fmax=SAMPLE_RATE / 2)
     return torch.from_numpy(basis.astype(np.float32))
 
 
-@lru_cache(maxsize=1)
-def mel_band_centres() -> torch.Tensor:
-    """Centre frequency (Hz) of each of :func:`log_mel`'s ``N_MELS`` bands, lowest first."""
-    edges = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=MEL_FMIN, fmax=SAMPLE_RATE / 2)
+@lru_cache(maxsize=4)
+def mel_band_centres(n_mels: int = N_MELS) -> torch.Tensor:
+    """Centre frequency (Hz) of each of :func:`log_mel`'s ``n_mels`` bands, lowest first."""
+    edges = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=MEL_FMIN, fmax=SAMPLE_RATE / 2)
     return torch.from_numpy(edges[1:-1].astype(np.float32))
 
 
-@lru_cache(maxsize=1)
-def _window() -> torch.Tensor:
-    return torch.hann_window(N_FFT)
+@lru_cache(maxsize=4)
+def _window(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft)
 
 
-def log_mel(audio: torch.Tensor) -> torch.Tensor:
-    """(B, N) float waveform at 16 kHz -> (B, N_MELS, 1 + N // HOP) natural-log mel power."""
-    spec = torch.stft(audio, N_FFT, HOP, window=_window(), center=True, return_complex=True)
+def log_mel(audio: torch.Tensor, n_mels: int = N_MELS, n_fft: int = N_FFT) -> torch.Tensor:
+    """(B, N) float waveform at 16 kHz -> (B, n_mels, 1 + N // HOP) natural-log mel power.
+
+    ``n_fft`` is the analysis window in samples (400: 25 ms); the hop is always ``HOP`` (10 ms).
+    """
+    spec = torch.stft(audio, n_fft, HOP, window=_window(n_fft), center=True, return_complex=True)
     power = spec.real.square() + spec.imag.square()
-    mel = torch.matmul(_mel_basis(), power)
+    mel = torch.matmul(_mel_basis(n_mels, n_fft), power)
     return torch.log(mel + 1e-6)

@@ -239,6 +239,20 @@ def test_an_ensemble_embedding_is_unit_length_its_cosine_the_members_mean_and_it
         EnsembleNetwork(nets[:1])
 
 
+def test_an_ensemble_runs_each_members_own_log_mel_front_end():
+    from indexer.model.ensemble import EnsembleNetwork
+
+    torch.manual_seed(4)
+    nets = [FrameNetwork(NetworkConfig(**front)).eval() for front in ({}, {"n_mels": 128, "n_fft": 800}, {})]
+    assert nets[1].encoder.features(torch.zeros(1, 16000)).shape == (1, 128, 101)
+    x = torch.from_numpy(voice(1.3))[None]
+    with torch.inference_mode():
+        out = EnsembleNetwork(nets)(x)
+        parts = [net(x, project=False)["emb"] for net in nets]
+    assert out["emb"].shape == (1, 65, 192)
+    np.testing.assert_allclose(out["emb"].numpy(), (torch.cat(parts, -1) / np.sqrt(3)).numpy(), atol=1e-5)
+
+
 # (ensemble, its preset's members that ship on their own): the taught networks ship only inside them.
 @pytest.mark.parametrize("name, shipped", [("balanced-4", ["distilled"]), ("balanced-3", ["distilled"]), ("balanced-2", ["distilled", "telephone"]),
                                            ("balanced", ["fast", "telephone"])])

@@ -241,20 +241,22 @@ def test_fine_tuning_starts_from_the_given_networks_weights_and_refuses_another_
     console.file.close()
 
 
-def test_train_command_applies_its_network_width_context_batch_and_temperature_flags(shard_root, tmp_path):
+def test_train_command_applies_its_network_width_context_front_end_batch_and_temperature_flags(shard_root, tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
 
     out = tmp_path / "m.pt"
     args = ["train", "--preset", "smoke", "--data", str(shard_root), "--out", str(out), "--max-steps", "1", "--threads", "1",
-            "--batch-size", "6", "--tau", "0.2", "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2"]
+            "--batch-size", "6", "--tau", "0.2", "--n-mels", "96", "--n-fft", "800",
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     recipe = read_checkpoint(out)["meta"]["recipe"]["train_config"]
     network = recipe["network"]
     assert (recipe["batch_size"], recipe["tau"]) == (6, 0.2)
     assert (network["channels"], network["hidden"], network["dilations"]) == ([8, 8, 8, 8], 32, [1, 2])
+    assert (network["n_mels"], network["n_fft"]) == (96, 800)
     assert load_model(str(out)).embed(np.zeros(SR // 2, np.float32)).embeddings.shape == (25, 64)
     refused = CliRunner().invoke(app, args[:-6] + ["--channels", "8,0"])
     assert isinstance(refused.exception, ConfigError) and "channels '8,0'" in str(refused.exception)

@@ -151,6 +151,8 @@ def _register_train(app: typer.Typer) -> None:
         dilations: Annotated[Optional[str], typer.Option(help="Dilations of the temporal blocks, comma-separated: one block each, so they set the context (default: the preset's, 1,2,4,8: ~0.7 s).")] = None,
         channels: Annotated[Optional[str], typer.Option(help="Fast encoder: output channels of its conv layers, comma-separated, one layer each; each layer halves the mel bands (default: the preset's, 24,32,64,64).")] = None,
         hidden: Annotated[Optional[int], typer.Option(min=1, help="Channels of the temporal blocks (default: the preset's, 192).")] = None,
+        n_mels: Annotated[Optional[int], typer.Option(min=8, max=256, help="Fast encoder: log-mel bands of its front end (default: the preset's, 64).")] = None,
+        n_fft: Annotated[Optional[int], typer.Option(min=160, max=2048, help="Fast encoder: analysis window of its front end in samples at 16 kHz, the hop staying 10 ms (default: the preset's, 400: 25 ms).")] = None,
     ) -> None:
         """Train a frame model on mix-up shards; keeps the checkpoint with the lowest held-out real-speech validation error."""
         from dataclasses import replace
@@ -179,8 +181,9 @@ def _register_train(app: typer.Typer) -> None:
             network["dilations"] = parse_positive_ints(dilations, "dilations", "1,2,4,8,16")
         if channels is not None:
             network["channels"] = parse_positive_ints(channels, "channels", "32,48,96,96")
-        if hidden is not None:
-            network["hidden"] = hidden
+        for key, value in (("hidden", hidden), ("n_mels", n_mels), ("n_fft", n_fft)):
+            if value is not None:
+                network[key] = value
         recipe_changes = sorted(set(overrides) - {"seed", "threads"}) + (["network"] if network != cfg.network else [])
         if cfg.members and recipe_changes:
             raise ConfigError(f"preset {preset!r} trains the presets {', '.join(cfg.members)} as they are; "

@@ -34,9 +34,14 @@ class EnsembleNetwork(nn.Module):
         """(B, N) waveform -> ``emb`` (B, T, sum of member dims), unit length, and ``mos`` (B, T)."""
         if project:
             raise ModelError("an ensemble has no projection head", "train its members one by one")
-        # The log-mels are the same for every fast member: compute them once.
-        feats = LogMelCNN.features(audio) if any(isinstance(m.encoder, LogMelCNN) for m in self.members) else None
-        outs = [m(audio, feats=feats if isinstance(m.encoder, LogMelCNN) else None, project=False) for m in self.members]
+        # Fast members with the same front end share its log-mels: compute each front end once.
+        feats: dict[tuple[int, int], torch.Tensor] = {}
+        outs = []
+        for m in self.members:
+            enc = m.encoder
+            if isinstance(enc, LogMelCNN) and (enc.n_mels, enc.n_fft) not in feats:
+                feats[enc.n_mels, enc.n_fft] = enc.features(audio)
+            outs.append(m(audio, feats=feats[enc.n_mels, enc.n_fft] if isinstance(enc, LogMelCNN) else None, project=False))
         emb = torch.cat([o["emb"] for o in outs], dim=-1) / math.sqrt(len(outs))
         return {"emb": emb, "mos": torch.stack([o["mos"] for o in outs]).mean(0)}
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from indexer.features import HOP, N_MELS, log_mel
+from indexer.features import HOP, N_FFT, N_MELS, log_mel
 
 FRAME_HOP = 320  # samples per output frame at 16 kHz: 20 ms, 50 frames/s
 FRAME_RATE = 16000 / FRAME_HOP
@@ -33,6 +33,9 @@ class NetworkConfig:
     emb_dim: int = 64
     proj_dim: int = 128
     freeze_encoder: bool = False
+    # Fast encoder's front end: log-mel bands and analysis window (samples at 16 kHz; hop 10 ms).
+    n_mels: int = N_MELS
+    n_fft: int = N_FFT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,12 +47,13 @@ def n_frames(n_samples: int) -> int:
 
 
 class LogMelCNN(nn.Module):
-    """Fast encoder: 2-D convs over 64 log-mels, stride 2 in time (100 -> 50 Hz) in the first layer."""
+    """Fast encoder: 2-D convs over log-mels (64 by default), stride 2 in time (100 -> 50 Hz) in the first layer."""
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
+        self.n_mels, self.n_fft = cfg.n_mels, cfg.n_fft
         layers: list[nn.Module] = []
-        in_ch, mels = 1, N_MELS
+        in_ch, mels = 1, cfg.n_mels
         for i, ch in enumerate(cfg.channels):
             # Stride time once, in the first layer, and frequency in every layer: the 2-D convs
             # then run at 50 Hz on ever fewer bands, which keeps the encoder ~1,000x real time.
@@ -64,9 +68,9 @@ class LogMelCNN(nn.Module):
         feats = self.features(audio)
         return self.forward_features(feats)
 
-    @staticmethod
-    def features(audio: torch.Tensor) -> torch.Tensor:
-        return log_mel(audio)
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """This encoder's log-mel front end: (B, N) waveform -> (B, n_mels, 1 + N // HOP)."""
+        return log_mel(audio, self.n_mels, self.n_fft)
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         x = self.convs(feats.unsqueeze(1))  # (B, C, M', T50+1)

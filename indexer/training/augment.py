@@ -58,7 +58,7 @@ def vtlp_warp(feats: torch.Tensor, narrowband: torch.Tensor, *, max_warp: float 
     mildest pitch shift (1.5 semitones, a factor of 1.09), which moves pitch and envelope together.
     """
     b, m, _ = feats.shape
-    centres = mel_band_centres()
+    centres = mel_band_centres(m)
     alpha = 1.0 + (torch.rand(b, 1, generator=generator) * 2.0 - 1.0) * max_warp
     top = torch.where(narrowband.view(b, 1), torch.tensor(4000.0), torch.tensor(SAMPLE_RATE / 2))
     knee = 0.8 * top

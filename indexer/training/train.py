@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from indexer.errors import ConfigError, ModelError
-from indexer.features import log_mel
 from indexer.model import MARGIN_FRAMES, model_path
 from indexer.model.checkpoint import FORMAT, network_from_checkpoint, read_checkpoint, save_checkpoint
 from indexer.model.network import FrameNetwork, NetworkConfig
@@ -369,7 +368,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                 audio = noise_floor(audio, narrow_t[idx], p=cfg.noise_floor_p)
             feats = None
             if cfg.encoder == "logmel_cnn":
-                feats = log_mel(audio)
+                feats = net.encoder.features(audio)
                 if cfg.vtlp_warp > 0:
                     feats = vtlp_warp(feats, narrow_t[idx], max_warp=cfg.vtlp_warp)
                 if cfg.freq_mixstyle > 0:
