@@ -38,10 +38,13 @@ class EnsembleNetwork(nn.Module):
         feats: dict[tuple[int, int], torch.Tensor] = {}
         outs = []
         for m in self.members:
-            enc = m.encoder
-            if isinstance(enc, LogMelCNN) and (enc.n_mels, enc.n_fft) not in feats:
-                feats[enc.n_mels, enc.n_fft] = enc.features(audio)
-            outs.append(m(audio, feats=feats[enc.n_mels, enc.n_fft] if isinstance(enc, LogMelCNN) else None, project=False))
+            front = None
+            if isinstance(m.encoder, LogMelCNN):
+                key = (m.encoder.n_mels, m.encoder.n_fft)
+                if key not in feats:
+                    feats[key] = m.encoder.features(audio)
+                front = feats[key]
+            outs.append(m(audio, feats=front, project=False))
         emb = torch.cat([o["emb"] for o in outs], dim=-1) / math.sqrt(len(outs))
         return {"emb": emb, "mos": torch.stack([o["mos"] for o in outs]).mean(0)}
 
