@@ -389,7 +389,7 @@ def test_speaker_groups_follow_the_shards_example_order(shard_root):
         load_speaker_groups(shard_root / "train", 25)
 
 
-def test_train_command_weights_the_detection_and_speaker_terms_warps_mixes_and_tilts_the_input_and_records_them(shard_root, tmp_path):
+def test_train_command_weights_the_detection_and_speaker_terms_warps_and_mixes_the_input_and_records_them(shard_root, tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
@@ -397,11 +397,11 @@ def test_train_command_weights_the_detection_and_speaker_terms_warps_mixes_and_t
     out = tmp_path / "m.pt"
     args = ["train", "--preset", "smoke", "--data", str(shard_root), "--out", str(out), "--max-steps", "2", "--threads", "1",
             "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--detect-weight", "0.5",
-            "--speaker-adversarial", "0.2", "--vtlp-warp", "0.05", "--freq-mixstyle", "0.5", "--tilt-db", "12"]
+            "--speaker-adversarial", "0.2", "--vtlp-warp", "0.05", "--freq-mixstyle", "0.5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     meta = read_checkpoint(out)["meta"]
     recipe = meta["recipe"]["train_config"]
-    assert (recipe["detect_weight"], recipe["speaker_adversarial"], recipe["vtlp_warp"], recipe["freq_mixstyle"], recipe["tilt_db"]) == (0.5, 0.2, 0.05, 0.5, 12.0)
+    assert (recipe["detect_weight"], recipe["speaker_adversarial"], recipe["vtlp_warp"], recipe["freq_mixstyle"]) == (0.5, 0.2, 0.05, 0.5)
     assert meta["history"][-1]["detect_rank"] > 0 and meta["history"][-1]["speaker_ce"] > 0
     assert "speaker_head" in torch.load(out.with_suffix(".state.pt"), weights_only=False)  # --resume goes on with it

@@ -8,24 +8,17 @@ import torch
 from indexer.features import SAMPLE_RATE, mel_band_centres
 
 
-def channel_augment(feats: torch.Tensor, generator: torch.Generator | None = None, *, tilt_db: float = 0.0) -> torch.Tensor:
-    """Random smooth EQ (+-6 dB) and level shift (+-10 dB) per example, on natural-log mel power;
-    with ``tilt_db`` also a spectral tilt, linear over the mel bands, from -``tilt_db``/2 dB at the
-    lowest band to +``tilt_db``/2 dB at the highest, its sign and size drawn per example.
+def channel_augment(feats: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random smooth EQ (+-6 dB) and level shift (+-10 dB) per example, on natural-log mel power.
 
     Makes the model treat microphone/channel colouring and level as nuisances (MODEL_NOTES: it
-    improved segment metrics and did not hurt detection). The tilt covers darker or brighter
-    voices and microphones than the EQ's +-6 dB does (the held-out Swedish voice sits 10-15 dB
-    under the others at 3-4 kHz, MODEL_CARD).
+    improved segment metrics and did not hurt detection).
     """
     b, m, _ = feats.shape
     db_to_ln = float(np.log(10.0) / 10.0)
     anchors = (torch.rand(b, 1, 6, generator=generator) * 12.0 - 6.0) * db_to_ln
     eq = torch.nn.functional.interpolate(anchors, size=m, mode="linear", align_corners=True).transpose(1, 2)
     level = (torch.rand(b, 1, 1, generator=generator) * 20.0 - 10.0) * db_to_ln
-    if tilt_db > 0:
-        slope = (torch.rand(b, 1, 1, generator=generator) * 2.0 - 1.0) * tilt_db * db_to_ln
-        eq = eq + slope * torch.linspace(-0.5, 0.5, m).view(1, m, 1)
     return feats + eq + level
 
 

@@ -112,10 +112,6 @@ class TrainConfig:
     # speakers' and microphones' colourings as a nuisance; 0: off. At 0.5 from scratch it raised
     # frame EER and cost 1-7 points of prototypes on every benchmark (MODEL_CARD), so off.
     freq_mixstyle: float = 0.0
-    # Largest spectral tilt of the fast encoder's log-mel input, in dB from the lowest to the highest
-    # mel band (augment.channel_augment, sign and size drawn per clip, on top of the +-6 dB EQ),
-    # labels unchanged: darker and brighter voices than the EQ covers as a nuisance; 0: off.
-    tilt_db: float = 0.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -377,7 +373,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                     feats = vtlp_warp(feats, narrow_t[idx], max_warp=cfg.vtlp_warp)
                 if cfg.freq_mixstyle > 0:
                     feats = freq_mixstyle(feats, narrow_t[idx], p=cfg.freq_mixstyle)
-                feats = channel_augment(feats, tilt_db=cfg.tilt_db)
+                feats = channel_augment(feats)
             if caches is not None and frozen:
                 h = torch.from_numpy(caches["train"][0][idx.numpy()].astype(np.float32))
                 out_ = net.decode(torch.nn.functional.dropout(h, cfg.frozen_feature_dropout), labels_t.shape[1])
