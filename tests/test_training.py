@@ -405,3 +405,28 @@ def test_train_command_weights_the_detection_and_speaker_terms_warps_and_mixes_t
     assert (recipe["detect_weight"], recipe["speaker_adversarial"], recipe["vtlp_warp"], recipe["freq_mixstyle"]) == (0.5, 0.2, 0.05, 0.5)
     assert meta["history"][-1]["detect_rank"] > 0 and meta["history"][-1]["speaker_ce"] > 0
     assert "speaker_head" in torch.load(out.with_suffix(".state.pt"), weights_only=False)  # --resume goes on with it
+
+
+def test_train_command_real_only_drops_the_tts_clips_and_refuses_the_speaker_term(tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    root = tmp_path / "shards"
+    write_shards(root / "train", 24, 0)
+    write_shards(root / "val_real", 12, 1)
+    write_shards(root / "val_heldout_catalog", 12, 2)
+    shard = root / "train" / "shard_00000.npz"
+    arrays = dict(np.load(shard))
+    arrays["real"] = np.arange(24) % 3 != 0  # 16 real clips, 8 TTS ones
+    np.savez(shard, **arrays)
+    out = tmp_path / "m.pt"
+    args = ["train", "--preset", "smoke", "--data", str(root), "--out", str(out), "--max-steps", "2", "--threads", "1",
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--batch-size", "8", "--real-only"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    recipe = read_checkpoint(out)["meta"]["recipe"]
+    assert recipe["train_config"]["real_only"] is True and recipe["train_examples"] == 16
+
+    result = CliRunner().invoke(app, args + ["--speaker-adversarial", "0.2"])
+    assert isinstance(result.exception, ConfigError) and "--real-only cannot be combined" in str(result.exception)

@@ -112,6 +112,11 @@ class TrainConfig:
     # speakers' and microphones' colourings as a nuisance; 0: off. At 0.5 from scratch it raised
     # frame EER and cost 1-7 points of prototypes on every benchmark (MODEL_CARD), so off.
     freq_mixstyle: float = 0.0
+    # Train on the real-speech clips of the loaded examples only, the TTS ones dropped: on held-out
+    # TTS voices the default finds pitch shift, time stretch and mild codecs that it misses on real
+    # speakers (MODEL_CARD, "Where the default stands"), so synthetic voices may offer cues that
+    # real ones lack. False: every clip.
+    real_only: bool = False
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -298,6 +303,13 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     train_arrays, classes = load_shards(data / "train", narrowband_8khz=cfg.narrowband_8khz,
                                         wideband_8khz_share=cfg.wideband_8khz_share, seed=cfg.seed,
                                         max_examples=cfg.train_examples)
+    if cfg.real_only:
+        if cfg.speaker_adversarial > 0:
+            raise ConfigError("--real-only cannot be combined with --speaker-adversarial",
+                              "drop one of them (the speaker groups are read for every loaded clip)")
+        keep = np.asarray(train_arrays["real"], dtype=bool)
+        train_arrays = {k: v[keep] for k, v in train_arrays.items()}
+        console.print(f"real speech only: {int(keep.sum())} of {len(keep)} training clips")
     val = load_val_sets(data, narrowband_8khz=cfg.narrowband_8khz)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
