@@ -1,8 +1,8 @@
-"""The model card's benchmark table: frame models scored on four held-out real-speaker benchmarks.
+"""The model card's benchmark table: frame models scored on six held-out real-speaker benchmarks.
 
     .venv/bin/python bench/bench_model.py [--model fast] [--model data/models/fast.pt] [--bench-dir data/bench] [--source tts]
 
-Builds (once) the four 30-minute benchmarks of MODEL_CARD.md from the held-out speakers of a
+Builds (once) the 30-minute benchmarks of MODEL_CARD.md from the held-out speakers of a
 prepared corpus (`degsearch prepare-data data/train`): wideband and telephone, training and
 held-out catalog, seeds 1-4; and two whole-file ones (training catalog, seeds 5-6), where each
 degraded file is degraded from start to end, so that a change which only finds degradations
