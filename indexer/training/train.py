@@ -114,8 +114,9 @@ class TrainConfig:
     freq_mixstyle: float = 0.0
     # Train on the real-speech clips of the loaded examples only, the TTS ones dropped: on held-out
     # TTS voices the default finds pitch shift, time stretch and mild codecs that it misses on real
-    # speakers (MODEL_CARD, "Where the default stands"), so synthetic voices may offer cues that
-    # real ones lack. False: every clip.
+    # speakers, so synthetic voices might teach cues that real ones lack. Fine-tuning balanced-4's
+    # third member this way raised its frame EER and left those misses where they were (MODEL_CARD),
+    # so False: every clip.
     real_only: bool = False
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
