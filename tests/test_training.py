@@ -55,13 +55,17 @@ def write_shards(out: Path, n: int, seed: int) -> None:
     (out / "shard_00000.jsonl").write_text("".join(json.dumps({"group": f"voice{i % 4}"}) + "\n" for i in range(n)))
 
 
-@pytest.fixture(scope="module")
-def shard_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shards")
+def write_shard_root(root: Path) -> Path:
+    """A shards directory as `degsearch prepare-data` lays it out: training and both validation sets."""
     write_shards(root / "train", 24, 0)
     write_shards(root / "val_real", 12, 1)
     write_shards(root / "val_heldout_catalog", 12, 2)
     return root
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory) -> Path:
+    return write_shard_root(tmp_path_factory.mktemp("shards"))
 
 
 def test_narrowband_clips_lose_everything_above_4khz_and_wideband_clips_stay():
@@ -412,10 +416,7 @@ def test_train_command_real_only_drops_the_tts_clips_and_refuses_the_speaker_ter
 
     from api.cli import app
 
-    root = tmp_path / "shards"
-    write_shards(root / "train", 24, 0)
-    write_shards(root / "val_real", 12, 1)
-    write_shards(root / "val_heldout_catalog", 12, 2)
+    root = write_shard_root(tmp_path / "shards")
     shard = root / "train" / "shard_00000.npz"
     arrays = dict(np.load(shard))
     arrays["real"] = np.arange(24) % 3 != 0  # 16 real clips, 8 TTS ones
