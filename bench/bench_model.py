@@ -9,7 +9,8 @@ degraded file is degraded from start to end, so that a change which only finds d
 against the rest of the same recording shows as a loss there. Then evaluates each ``--model`` on all six and prints one row per
 model and benchmark, then the share of each held-out speaker's clean frames flagged at the
 benchmark's frame-EER threshold (one speaker can carry much of the EER), the single
-degradations with the most frames under that threshold, and one table per model of every single
+degradations with the most frames under that threshold, the degraded frames missed and clean
+frames flagged per band of frame level (pauses apart from speech), and one table per model of every single
 degradation's missed frames and prototype accuracy on each benchmark; each report is kept
 under ``--out``. Compare recipes with it, not with the training loss or TTS figures.
 ``--source tts`` builds the same six from the held-out TTS voices instead (default under
@@ -25,7 +26,7 @@ from pathlib import Path
 from indexer.settings import DEFAULT_MODEL, MODEL_CHOICES, get_settings
 from indexer.training.benchmark import make_benchmark
 from retrieval.benchmark_eval import evaluate_benchmark
-from retrieval.report import KEYS, format_metric, write_report
+from retrieval.report import KEYS, format_metric, level_band, write_report
 
 # (name, channel, catalog, seed, whole_file): the seeds fix the benchmarks the model card reports.
 BENCHMARKS = [
@@ -86,7 +87,7 @@ def main() -> None:
     columns = [f"{key} ({unit})" if unit else key for key, unit, _ in KEYS] + ["single-degradation prototype_accuracy (%)"]
     print("| model | benchmark | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 2))
-    speaker_lines, miss_lines, label_tables = [], [], []
+    speaker_lines, miss_lines, level_lines, label_tables = [], [], [], []
     for model in args.model or [DEFAULT_MODEL]:
         settings = get_settings(model=model)
         reports = {}
@@ -106,11 +107,17 @@ def main() -> None:
             missed = sorted(((v["frame_miss"], label) for label, v in (result.report.get("per_label") or {}).items()
                              if v.get("frame_miss") is not None and "+" not in label), reverse=True)
             miss_lines.append(f"- {model} / {name}: " + ", ".join(f"{label} {miss:.0f}" for miss, label in missed[:MOST_MISSED]))
+            level_lines.append(f"- {model} / {name}: " + ", ".join(
+                f"{level_band(r)}: {_pct(r['missed'])} / {_pct(r['clean_flagged'])}"
+                for r in result.report.get("by_level") or []))
         label_tables += [f"\n{model}:", *per_label_table(reports)]
     print("\nClean test frames flagged at each benchmark's pooled frame-EER threshold, per held-out speaker (%):")
     print("\n".join(speaker_lines))
     print(f"\nThe {MOST_MISSED} single degradations with the most frames under each benchmark's pooled frame-EER threshold (% of their frames):")
     print("\n".join(miss_lines))
+    print("\nDegraded frames missed / clean frames flagged (%) at each benchmark's pooled frame-EER threshold, "
+          "by frame level against the file's loud speech (dB):")
+    print("\n".join(level_lines))
     print("\nEach single degradation: its frames under the benchmark's pooled frame-EER threshold and its oracle "
           "segments' prototype accuracy (%), test events in brackets:")
     print("\n".join(label_tables))

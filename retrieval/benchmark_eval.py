@@ -8,7 +8,8 @@
    none); frame score = ``1 - cosine(frame, enrollment)``; frame targets from the events at the
    model's frame rate -> ``frame_eer``, ``frame_min_dcf``, ``i_auc`` (and ``mos_i_auc`` with
    ``5 - MOS``); where manifest lines name a ``speaker``, ``per_speaker`` (each test speaker's
-   frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold)
+   frame EER, and its clean frames flagged / degraded frames missed at the pooled EER threshold),
+   ``by_level`` (the same two shares per band of frame level against the file's loud speech)
    and, where every test speaker has clean enroll files, ``own_speaker_enrollment``: the frame EER
    with each test file scored against its own speaker's clean enroll files instead (what
    ``degsearch enroll-clean --group speaker=...`` does for an archive's agents), and in step 4
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from retrieval.store import Store
 
 #: Bumped whenever a metric's definition or the report layout changes (reports carry it).
-EVALUATION_VERSION = 3  # 2: per_speaker; 3: own_speaker_enrollment's detection through the indexer
+EVALUATION_VERSION = 4  # 2: per_speaker; 3: own_speaker_enrollment's detection through the indexer; 4: by_level
 SR = 16000
 #: Pairwise verification and clustering are O(n^2): larger test sets are subsampled (seeded).
 MAX_PAIRWISE_SEGMENTS = 3000
@@ -160,6 +161,7 @@ class _FileData:
     seg_emb: np.ndarray  # (n_events, D) oracle segment embeddings
     seg_valid: np.ndarray  # (n_events,)
     clips: list[np.ndarray]  # event audio (16 kHz mono) for retrieval queries (test split)
+    level_db: np.ndarray | None = None  # (T,) test split: each frame's level against the file's loud speech
     dnsmos_frame_mos: np.ndarray | None = None
     dnsmos_seg: np.ndarray | None = None
     logmel_stats: np.ndarray | None = None
@@ -302,7 +304,8 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
             (np.zeros((0, out.embeddings.shape[1]), np.float32), np.zeros(0, bool))
         clips = [x[int(e.start * SR): int(e.end * SR)] for e in meta.events] if meta.split == "test" else []
         fd = _FileData(meta, audio.duration_s, audio.orig_sr, out.embeddings, np.asarray(out.mos, np.float32), out.hop_s,
-                       seg_emb, seg_valid, clips)
+                       seg_emb, seg_valid, clips,
+                       frame_levels_db(x, len(out.embeddings), int(round(out.hop_s * SR))) if meta.split == "test" else None)
         t3 = time.perf_counter()
         if dnsmos is not None and logmel is not None and (meta.split == "test" or intervals):
             # (clean enroll files feed no baseline: DNSMOS detects on the test split only)
@@ -358,6 +361,7 @@ def _evaluate(bench_dir: str | Path, *, model: str | None, settings: Settings | 
         own = _own_speaker_enrollment_eer(test, clean_files, all_targets)
         if own is not None:
             report["own_speaker_enrollment"] = own
+    report["by_level"] = _by_level(test, scores, targets, eer_threshold)
     timings["frame_metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report["i_auc"] = ev.intersection_auc(scores, gt, durations, hops)
@@ -509,6 +513,39 @@ def _per_speaker(test: list[_FileData], scores: dict[str, np.ndarray], targets: 
                         "clean_false_alarm": 100.0 * float((s[~t] >= threshold).mean()) if (~t).any() else math.nan,
                         "miss": 100.0 * float((s[t] < threshold).mean()) if t.any() else math.nan}
     return out
+
+
+# Frame level bands (dB against the file's loud speech) for ``by_level``: pauses, quiet, normal, loud.
+LEVEL_BANDS_DB = ((-math.inf, -40.0), (-40.0, -25.0), (-25.0, -10.0), (-10.0, math.inf))
+
+
+def frame_levels_db(x: np.ndarray, n: int, hop: int) -> np.ndarray:
+    """Each of ``n`` frames' mean power (``hop`` samples each) in dB against the file's loud speech
+    (the 95th percentile of its frames' levels); digital silence reads -120 dB or less."""
+    padded = np.zeros(n * hop, np.float32)
+    padded[: min(x.size, n * hop)] = x[: n * hop]
+    level = 10.0 * np.log10(np.mean(padded.reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
+    return level - np.percentile(level, 95)
+
+
+def _by_level(test: list[_FileData], scores: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+              threshold: float) -> list[dict[str, Any]]:
+    """Frame detection per level band (:data:`LEVEL_BANDS_DB`): at the pooled EER ``threshold``, the
+    share (%) of degraded frames missed and of clean frames flagged. A degradation that changes
+    the voice leaves nothing in a pause, so misses there say little about the model; clean speech
+    flagged at full level is what a listener would call a false alarm."""
+    s = np.concatenate([scores[d.meta.id] for d in test])
+    t = np.concatenate([targets[d.meta.id] for d in test]).astype(bool)
+    level = np.concatenate([d.level_db for d in test])
+    rows = []
+    for lo, hi in LEVEL_BANDS_DB:
+        band = (level >= lo) & (level < hi)
+        degraded, clean = band & t, band & ~t
+        rows.append({"from_db": None if math.isinf(lo) else lo, "to_db": None if math.isinf(hi) else hi,
+                     "degraded_frames": int(degraded.sum()), "clean_frames": int(clean.sum()),
+                     "missed": 100.0 * float((s[degraded] < threshold).mean()) if degraded.any() else math.nan,
+                     "clean_flagged": 100.0 * float((s[clean] >= threshold).mean()) if clean.any() else math.nan})
+    return rows
 
 
 def _clean_files_by_speaker(clean_files: list[_FileData]) -> dict[str, list[_FileData]]:

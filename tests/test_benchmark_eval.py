@@ -237,6 +237,43 @@ def test_frame_miss_per_label_names_the_degradation_whose_frames_read_clean():
     assert _frame_miss_per_label([d], scores, threshold=0.5) == {"mp3": 75.0, "noise": 0.0}
 
 
+def test_by_level_splits_every_test_frame_into_level_bands(evaluated):
+    rep, out_dir, _ = evaluated
+    rows = rep["by_level"]
+    assert [(r["from_db"], r["to_db"]) for r in rows] == [(None, -40.0), (-40.0, -25.0), (-25.0, -10.0), (-10.0, None)]
+    n_frames = sum(r["degraded_frames"] + r["clean_frames"] for r in rows)
+    assert n_frames == pytest.approx(round(rep["benchmark"]["test"]["seconds"] / rep["benchmark"]["hop_s"]), abs=3)
+    for r in rows:
+        for key in ("missed", "clean_flagged"):
+            assert r[key] is None or 0.0 <= r[key] <= 100.0
+    assert "## Frame detection by level" in (out_dir / "report.md").read_text()
+
+
+def test_frame_levels_are_measured_against_the_files_loud_speech():
+    from retrieval.benchmark_eval import frame_levels_db
+
+    loud = 0.5 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)
+    x = np.concatenate([loud, 0.01 * loud, np.zeros(3200)]).astype(np.float32)
+    level = frame_levels_db(x, 110, 320)
+    assert np.allclose(level[:50], 0.0, atol=0.1)  # the loud second is the reference
+    assert np.allclose(level[50:100], -40.0, atol=0.1)  # 40 dB quieter
+    assert (level[100:] < -100).all()  # digital silence
+
+
+def test_by_level_counts_misses_and_false_alarms_in_their_band():
+    from retrieval.benchmark_eval import BenchmarkFile, _by_level, _FileData
+
+    meta = BenchmarkFile("a", Path("a.wav"), "test", False, [], None)
+    d = _FileData(meta, 0.08, 16000, np.zeros((4, 2), np.float32), np.zeros(4, np.float32), 0.02,
+                  np.zeros((0, 2), np.float32), np.zeros(0, bool), [], level_db=np.array([-60.0, -60.0, 0.0, 0.0]))
+    targets = {"a": np.array([1, 0, 1, 0], bool)}
+    scores = {"a": np.array([0.1, 0.1, 0.9, 0.9])}  # the pause is missed; the loud clean frame is flagged
+    rows = _by_level([d], scores, targets, threshold=0.5)
+    assert (rows[0]["missed"], rows[0]["clean_flagged"]) == (100.0, 0.0)
+    assert (rows[3]["missed"], rows[3]["clean_flagged"]) == (0.0, 100.0)
+    assert rows[1]["degraded_frames"] == rows[1]["clean_frames"] == 0 and rows[1]["missed"] != rows[1]["missed"]
+
+
 def test_per_label_uses_the_benchmark_labels(evaluated):
     rep, _, _ = evaluated
     assert set(rep["per_label"]) == set(LABELS)
