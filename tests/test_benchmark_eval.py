@@ -258,6 +258,7 @@ def test_frame_levels_are_measured_against_the_files_loud_speech():
     assert np.allclose(level[:50], 0.0, atol=0.1)  # the loud second is the reference
     assert np.allclose(level[50:100], -40.0, atol=0.1)  # 40 dB quieter
     assert (level[100:] < -100).all()  # digital silence
+    assert (frame_levels_db(np.zeros(3200, np.float32), 10, 320) <= -50).all()  # a silent file is not its own reference
 
 
 def test_by_level_counts_misses_and_false_alarms_in_their_band():
@@ -271,7 +272,7 @@ def test_by_level_counts_misses_and_false_alarms_in_their_band():
     rows = _by_level([d], scores, targets, threshold=0.5)
     assert (rows[0]["missed"], rows[0]["clean_flagged"]) == (100.0, 0.0)
     assert (rows[3]["missed"], rows[3]["clean_flagged"]) == (0.0, 100.0)
-    assert rows[1]["degraded_frames"] == rows[1]["clean_frames"] == 0 and rows[1]["missed"] != rows[1]["missed"]
+    assert rows[1]["degraded_frames"] == rows[1]["clean_frames"] == 0 and np.isnan(rows[1]["missed"])
 
 
 def test_per_label_uses_the_benchmark_labels(evaluated):
