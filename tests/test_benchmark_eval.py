@@ -238,7 +238,7 @@ def test_frame_miss_per_label_names_the_degradation_whose_frames_read_clean():
 
 
 def test_by_level_splits_every_test_frame_into_level_bands(evaluated):
-    rep, out_dir, _ = evaluated
+    rep, out_dir, output = evaluated
     rows = rep["by_level"]
     assert [(r["from_db"], r["to_db"]) for r in rows] == [(None, -40.0), (-40.0, -25.0), (-25.0, -10.0), (-10.0, None)]
     n_frames = sum(r["degraded_frames"] + r["clean_frames"] for r in rows)
@@ -247,6 +247,7 @@ def test_by_level_splits_every_test_frame_into_level_bands(evaluated):
         for key in ("missed", "clean_flagged"):
             assert r[key] is None or 0.0 <= r[key] <= 100.0
     assert "## Frame detection by level" in (out_dir / "report.md").read_text()
+    assert "by level against each file's loud speech: under -40 dB" in " ".join(output.split())
 
 
 def test_frame_levels_are_measured_against_the_files_loud_speech():

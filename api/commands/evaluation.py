@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         from indexer.settings import get_settings
         from retrieval.benchmark_eval import evaluate_benchmark
-        from retrieval.report import format_metric, write_report
+        from retrieval.report import format_metric, level_band, write_report
 
         console = Console()
         settings = get_settings(model=model)
@@ -70,6 +70,12 @@ def register(app: typer.Typer) -> None:
         if own:
             console.print(f"with each speaker's own clean enrollment (`enroll-clean --group`): frame EER "
                           f"{format_metric(own.get('frame_eer'), '%')} %, detection F1 {format_metric(own.get('detection_f1'), '')}")
+        levels = rep.get("by_level") or []
+        if levels:
+            console.print("degraded frames missed / clean frames flagged at the frame-EER threshold, by level against "
+                          "each file's loud speech: " + ", ".join(
+                              f"{level_band(r)} dB {format_metric(r.get('missed'), '%')} / {format_metric(r.get('clean_flagged'), '%')} %"
+                              for r in levels))
         console.print(f"model id {rep['model']['id']} · {rep['version']} · {rep['timings_s']['total']:.1f} s")
         for note in rep.get("notes") or []:
             console.print(f"[yellow]note:[/] {note}")
