@@ -411,7 +411,7 @@ def test_train_command_weights_the_detection_and_speaker_terms_warps_and_mixes_t
     assert "speaker_head" in torch.load(out.with_suffix(".state.pt"), weights_only=False)  # --resume goes on with it
 
 
-def test_train_command_real_only_drops_the_tts_clips_and_refuses_the_speaker_term(tmp_path):
+def test_train_command_real_only_drops_the_tts_clips_and_keeps_the_speaker_term_aligned(tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
@@ -429,5 +429,51 @@ def test_train_command_real_only_drops_the_tts_clips_and_refuses_the_speaker_ter
     recipe = read_checkpoint(out)["meta"]["recipe"]
     assert recipe["train_config"]["real_only"] is True and recipe["train_examples"] == 16
 
-    result = CliRunner().invoke(app, args + ["--speaker-adversarial", "0.2"])
-    assert isinstance(result.exception, ConfigError) and "--real-only cannot be combined" in str(result.exception)
+    result = CliRunner().invoke(app, args + ["--speaker-adversarial", "0.2"])  # the speaker groups are filtered alike
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert read_checkpoint(out)["meta"]["history"][-1]["speaker_ce"] > 0
+
+
+def test_a_real_speaker_share_keeps_every_tts_clip_and_the_real_clips_of_a_seeded_half_of_the_groups():
+    from dataclasses import replace
+
+    from indexer.training.train import PRESETS, training_clip_mask
+
+    real = np.array([True] * 8 + [False] * 4)
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])  # four real speakers, two TTS voices
+    names = ["r0", "r1", "r2", "r3", "t0", "t1"]
+    cfg = replace(PRESETS["smoke"], real_speaker_share=0.5)
+    keep = training_clip_mask({"real": real}, groups, names, cfg)
+    assert keep[8:].all()  # every TTS clip
+    assert len(set(groups[:8][keep[:8]])) == 2 and keep[:8].sum() == 4  # two whole speakers of four
+    assert np.array_equal(keep, training_clip_mask({"real": real}, groups, names, cfg))  # the same draw again
+    other = [training_clip_mask({"real": real}, groups, names, replace(cfg, seed=s)) for s in range(1, 6)]
+    assert any(not np.array_equal(keep, k) for k in other)  # the seed picks the speakers
+    both = training_clip_mask({"real": real}, groups, names, replace(cfg, real_only=True))
+    assert not both[8:].any() and both[:8].sum() == 4
+    assert training_clip_mask({"real": real}, None, [], PRESETS["smoke"]).all()
+
+
+def test_train_command_trains_on_a_share_of_the_real_speakers_and_records_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    root = write_shard_root(tmp_path / "shards")
+    # Four voices, each with narrowband and wideband clips, so any two leave both enrollments.
+    (root / "train" / "shard_00000.jsonl").write_text("".join(json.dumps({"group": f"voice{(i // 2) % 4}"}) + "\n" for i in range(24)))
+    out = tmp_path / "m.pt"
+    args = ["train", "--preset", "smoke", "--data", str(root), "--out", str(out), "--max-steps", "2", "--threads", "1",
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--batch-size", "8", "--real-speaker-share", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    recipe = read_checkpoint(out)["meta"]["recipe"]
+    assert recipe["train_config"]["real_speaker_share"] == 0.5 and recipe["train_examples"] == 12  # 2 of 4 voices
+
+
+def test_calibration_without_clips_of_one_bandwidth_says_which_is_missing():
+    from indexer.training.calibrate import calibrate
+
+    train = {"narrowband": np.ones(4, bool)}
+    with pytest.raises(ConfigError, match="no wideband clips"):
+        calibrate(None, train, {}, embed=lambda name, rows: np.zeros((len(rows), 5, 4), np.float32))

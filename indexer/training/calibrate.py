@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from indexer.errors import ConfigError
 from indexer.model import FrameModel
 from indexer.model.ensemble import EnsembleNetwork
 from indexer.model.network import FrameNetwork
@@ -28,6 +29,9 @@ def calibrate(net: FrameNetwork | EnsembleNetwork, train: dict[str, np.ndarray],
     enroll = {}
     for key, sel in (("wideband", ~nb), ("narrowband", nb)):
         pick = np.flatnonzero(sel)[:n_enroll]
+        if not pick.size:
+            raise ConfigError(f"no {key} clips among the training clips to take the {key} enrollment from",
+                              "train on clips of both bandwidths (check --real-only and --real-speaker-share)")
         emb = embed("train", pick)
         v = emb[train["frame_labels"][pick][:, : emb.shape[1]] == 0].mean(0)
         enroll[key] = v / np.linalg.norm(v)

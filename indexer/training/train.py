@@ -118,6 +118,10 @@ class TrainConfig:
     # third member this way raised its frame EER and left those misses where they were (MODEL_CARD),
     # so False: every clip.
     real_only: bool = False
+    # Keep the real-speech clips of only this share of the real speaker groups (a seeded draw; TTS
+    # clips all kept): a learning curve over real speakers, with ``train_examples`` set to the
+    # count left so a control run sees as many clips from every speaker. 1: every group.
+    real_speaker_share: float = 1.0
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -292,6 +296,24 @@ def _frozen_caches(net: FrameNetwork, data: Path, train_arrays: dict[str, np.nda
     return caches
 
 
+def training_clip_mask(arrays: dict[str, np.ndarray], groups: np.ndarray | None, group_names: list[str],
+                       cfg: TrainConfig) -> np.ndarray:
+    """Which loaded training clips a run keeps: every one, the real ones only (``real_only``), or
+    the TTS ones and the real ones of a seeded ``real_speaker_share`` of the real speaker groups
+    (``groups``: each clip's index into ``group_names``)."""
+    real = np.asarray(arrays["real"], dtype=bool)
+    keep = real.copy() if cfg.real_only else np.ones(real.size, dtype=bool)
+    if cfg.real_speaker_share < 1.0:
+        if groups is None:
+            raise ConfigError("a real-speaker share needs each clip's speaker group", "load them with load_speaker_groups")
+        real_groups = np.unique(groups[real])
+        n_kept = max(1, round(cfg.real_speaker_share * real_groups.size))
+        # Its own generator, so the batches draw the same sequence as a control run's.
+        kept = np.random.default_rng([cfg.seed, 1]).choice(real_groups, size=n_kept, replace=False)
+        keep &= ~real | np.isin(groups, kept)
+    return keep
+
+
 def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict:
     """Train on ``data_dir/train`` shards, validate on held-out real speakers, write a calibrated checkpoint."""
     console = console or Console()
@@ -304,13 +326,14 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     train_arrays, classes = load_shards(data / "train", narrowband_8khz=cfg.narrowband_8khz,
                                         wideband_8khz_share=cfg.wideband_8khz_share, seed=cfg.seed,
                                         max_examples=cfg.train_examples)
-    if cfg.real_only:
-        if cfg.speaker_adversarial > 0:
-            raise ConfigError("--real-only cannot be combined with --speaker-adversarial",
-                              "drop one of them (the speaker groups are read for every loaded clip)")
-        keep = np.asarray(train_arrays["real"], dtype=bool)
+    groups, group_names = (load_speaker_groups(data / "train", len(train_arrays["audio"]))
+                           if cfg.speaker_adversarial > 0 or cfg.real_speaker_share < 1.0 else (None, []))
+    keep = training_clip_mask(train_arrays, groups, group_names, cfg)
+    if not keep.all():
         train_arrays = {k: v[keep] for k, v in train_arrays.items()}
-        console.print(f"real speech only: {int(keep.sum())} of {len(keep)} training clips")
+        groups = groups[keep] if groups is not None else None
+        console.print(f"{'real speech only' if cfg.real_only else 'real speakers subset'}: "
+                      f"{int(keep.sum())} of {len(keep)} training clips")
     val = load_val_sets(data, narrowband_8khz=cfg.narrowband_8khz)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
@@ -320,7 +343,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     # Training-only too: the speaker-group classifier the adversarial term trains against.
     speakers_t, speaker_head = None, None
     if cfg.speaker_adversarial > 0:
-        groups, group_names = load_speaker_groups(data / "train", len(train_arrays["audio"]))
         speakers_t = torch.from_numpy(groups)
         speaker_head = torch.nn.Sequential(torch.nn.Linear(net_cfg.emb_dim, 128), torch.nn.ReLU(),
                                            torch.nn.Linear(128, len(group_names)))
