@@ -442,7 +442,7 @@ def test_a_real_speaker_share_keeps_every_tts_clip_and_the_real_clips_of_a_seede
     real = np.array([True] * 8 + [False] * 4)
     groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])  # four real speakers, two TTS voices
     names = ["r0", "r1", "r2", "r3", "t0", "t1"]
-    cfg = replace(PRESETS["smoke"], real_speaker_share=0.5)
+    cfg = replace(PRESETS["smoke"], real_share=0.5)
     keep = training_clip_mask({"real": real}, groups, names, cfg)
     assert keep[8:].all()  # every TTS clip
     assert len(set(groups[:8][keep[:8]])) == 2 and keep[:8].sum() == 4  # two whole speakers of four
@@ -452,6 +452,21 @@ def test_a_real_speaker_share_keeps_every_tts_clip_and_the_real_clips_of_a_seede
     both = training_clip_mask({"real": real}, groups, names, replace(cfg, real_only=True))
     assert not both[8:].any() and both[:8].sum() == 4
     assert training_clip_mask({"real": real}, None, [], PRESETS["smoke"]).all()
+
+
+def test_a_real_clip_share_keeps_that_many_real_clips_from_every_speaker():
+    from dataclasses import replace
+
+    from indexer.training.train import PRESETS, training_clip_mask
+
+    real = np.array([True] * 40 + [False] * 4)
+    groups = np.repeat(np.arange(11), 4)
+    cfg = replace(PRESETS["smoke"], real_share=0.5, real_share_by="clip")
+    keep = training_clip_mask({"real": real}, None, [], cfg)
+    assert keep[40:].all() and keep[:40].sum() == 20
+    assert len(set(groups[:40][keep[:40]])) > 5  # drawn across speakers, not whole speakers
+    with pytest.raises(ConfigError, match="unknown real_share_by"):
+        training_clip_mask({"real": real}, None, [], replace(cfg, real_share_by="voice"))
 
 
 def test_train_command_trains_on_a_share_of_the_real_speakers_and_records_it(tmp_path):
@@ -464,11 +479,11 @@ def test_train_command_trains_on_a_share_of_the_real_speakers_and_records_it(tmp
     (root / "train" / "shard_00000.jsonl").write_text("".join(json.dumps({"group": f"voice{(i // 2) % 4}"}) + "\n" for i in range(24)))
     out = tmp_path / "m.pt"
     args = ["train", "--preset", "smoke", "--data", str(root), "--out", str(out), "--max-steps", "2", "--threads", "1",
-            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--batch-size", "8", "--real-speaker-share", "0.5"]
+            "--channels", "8,8,8,8", "--hidden", "32", "--dilations", "1,2", "--batch-size", "8", "--real-share", "0.5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     recipe = read_checkpoint(out)["meta"]["recipe"]
-    assert recipe["train_config"]["real_speaker_share"] == 0.5 and recipe["train_examples"] == 12  # 2 of 4 voices
+    assert recipe["train_config"]["real_share"] == 0.5 and recipe["train_examples"] == 12  # 2 of 4 voices
 
 
 def test_calibration_without_clips_of_one_bandwidth_says_which_is_missing():

@@ -145,7 +145,8 @@ def _register_train(app: typer.Typer) -> None:
         vtlp_warp: Annotated[Optional[float], typer.Option(min=0.0, max=0.3, help="Fast encoder: scale each training clip's frequency axis by a random factor in 1 +- this (vocal-tract-length perturbation, labels unchanged), so speakers' spectral envelopes become a nuisance; 0 turns it off (default: the preset's, 0).")] = None,
         freq_mixstyle: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Fast encoder: in this share of training clips, give each log-mel band a mix of its own and another same-channel clip's mean and spread over time (frequency-wise MixStyle, labels unchanged), so other speakers' and microphones' colourings become a nuisance; 0 turns it off (default: the preset's, 0).")] = None,
         real_only: Annotated[Optional[bool], typer.Option("--real-only/--all-speech", help="Train on the real-speech clips of the loaded examples only, the TTS ones dropped (default: the preset's, all).")] = None,
-        real_speaker_share: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Keep the real-speech clips of only this share of the real speaker groups (a seeded draw), the TTS clips all kept: a learning curve over real speakers; set --train-examples to the count left for a control run (default: the preset's, 1: every group).")] = None,
+        real_share: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Keep only this share of the real-speech clips, the TTS clips all kept: see --real-share-by (default: the preset's, 1: all).")] = None,
+        real_share_by: Annotated[Optional[str], typer.Option(help="How --real-share picks: 'speaker' keeps the real clips of that share of the real speaker groups (a learning curve over speakers), 'clip' that share of the real clips from every group (its control, at the same count of real clips); seeded (default: the preset's, speaker).")] = None,
         init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this trained network's weights (name or checkpoint of one network with the preset's architecture, e.g. distilled) instead of a random initialisation (default: the preset's, none).")] = None,
         tau: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Temperature of the supervised contrastive loss over frames (default: the preset's, 0.1 as in paper 003).")] = None,
         batch_size: Annotated[Optional[int], typer.Option(min=2, help="Clips per training step (default: the preset's, 24); with --max-steps, it sets how many examples the run sees.")] = None,
@@ -177,7 +178,7 @@ def _register_train(app: typer.Typer) -> None:
                                        ("frozen_feature_dropout", frozen_feature_dropout), ("ema_decay", ema_decay),
                                        ("distill_from", distill_from), ("distill_weight", distill_weight),
                                        ("detect_weight", detect_weight), ("speaker_adversarial", speaker_adversarial), ("vtlp_warp", vtlp_warp), ("freq_mixstyle", freq_mixstyle),
-                                       ("real_only", real_only), ("real_speaker_share", real_speaker_share),
+                                       ("real_only", real_only), ("real_share", real_share), ("real_share_by", real_share_by),
                                        ("init_from", init_from), ("lr", lr), ("batch_size", batch_size), ("tau", tau)) if v is not None}
         network = dict(cfg.network)
         if dilations is not None:

@@ -31,7 +31,7 @@ def calibrate(net: FrameNetwork | EnsembleNetwork, train: dict[str, np.ndarray],
         pick = np.flatnonzero(sel)[:n_enroll]
         if not pick.size:
             raise ConfigError(f"no {key} clips among the training clips to take the {key} enrollment from",
-                              "train on clips of both bandwidths (check --real-only and --real-speaker-share)")
+                              "train on clips of both bandwidths (check --real-only and --real-share)")
         emb = embed("train", pick)
         v = emb[train["frame_labels"][pick][:, : emb.shape[1]] == 0].mean(0)
         enroll[key] = v / np.linalg.norm(v)

@@ -118,10 +118,11 @@ class TrainConfig:
     # third member this way raised its frame EER and left those misses where they were (MODEL_CARD),
     # so False: every clip.
     real_only: bool = False
-    # Keep the real-speech clips of only this share of the real speaker groups (a seeded draw; TTS
-    # clips all kept): a learning curve over real speakers, with ``train_examples`` set to the
-    # count left so a control run sees as many clips from every speaker. 1: every group.
-    real_speaker_share: float = 1.0
+    # Keep this share of the real-speech clips, TTS clips all kept: those of a seeded share of the
+    # real speaker groups (real_share_by "speaker": a learning curve over speakers) or a seeded share
+    # of the clips from every group ("clip": its control, at the same count of real clips). 1: all.
+    real_share: float = 1.0
+    real_share_by: str = "speaker"
     network: dict = field(default_factory=dict)
     # An ensemble recipe: train each of these presets (with this seed and threads), then combine the
     # networks into one calibrated checkpoint (indexer.training.combine). Empty: one network.
@@ -298,19 +299,27 @@ def _frozen_caches(net: FrameNetwork, data: Path, train_arrays: dict[str, np.nda
 
 def training_clip_mask(arrays: dict[str, np.ndarray], groups: np.ndarray | None, group_names: list[str],
                        cfg: TrainConfig) -> np.ndarray:
-    """Which loaded training clips a run keeps: every one, the real ones only (``real_only``), or
-    the TTS ones and the real ones of a seeded ``real_speaker_share`` of the real speaker groups
-    (``groups``: each clip's index into ``group_names``)."""
+    """Which loaded training clips a run keeps: every one, the real ones only (``real_only``), or the
+    TTS ones and a seeded ``real_share`` of the real ones: the real clips of that share of the real
+    speaker groups (``real_share_by`` "speaker"; ``groups``: each clip's index into
+    ``group_names``) or that share of the real clips themselves ("clip")."""
     real = np.asarray(arrays["real"], dtype=bool)
     keep = real.copy() if cfg.real_only else np.ones(real.size, dtype=bool)
-    if cfg.real_speaker_share < 1.0:
-        if groups is None:
-            raise ConfigError("a real-speaker share needs each clip's speaker group", "load them with load_speaker_groups")
-        real_groups = np.unique(groups[real])
-        n_kept = max(1, round(cfg.real_speaker_share * real_groups.size))
+    if cfg.real_share < 1.0:
         # Its own generator, so the batches draw the same sequence as a control run's.
-        kept = np.random.default_rng([cfg.seed, 1]).choice(real_groups, size=n_kept, replace=False)
-        keep &= ~real | np.isin(groups, kept)
+        rng = np.random.default_rng([cfg.seed, 1])
+        if cfg.real_share_by == "speaker":
+            if groups is None:
+                raise ConfigError("a real-speaker share needs each clip's speaker group", "load them with load_speaker_groups")
+            real_groups = np.unique(groups[real])
+            kept = rng.choice(real_groups, size=max(1, round(cfg.real_share * real_groups.size)), replace=False)
+            keep &= ~real | np.isin(groups, kept)
+        elif cfg.real_share_by == "clip":
+            real_idx = np.flatnonzero(real)
+            dropped = np.setdiff1d(real_idx, rng.choice(real_idx, size=round(cfg.real_share * real_idx.size), replace=False))
+            keep[dropped] = False
+        else:
+            raise ConfigError(f"unknown real_share_by {cfg.real_share_by!r}", "use speaker or clip")
     return keep
 
 
@@ -327,7 +336,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                                         wideband_8khz_share=cfg.wideband_8khz_share, seed=cfg.seed,
                                         max_examples=cfg.train_examples)
     groups, group_names = (load_speaker_groups(data / "train", len(train_arrays["audio"]))
-                           if cfg.speaker_adversarial > 0 or cfg.real_speaker_share < 1.0 else (None, []))
+                           if cfg.speaker_adversarial > 0 or cfg.real_share < 1.0 else (None, []))
     keep = training_clip_mask(train_arrays, groups, group_names, cfg)
     if not keep.all():
         train_arrays = {k: v[keep] for k, v in train_arrays.items()}
