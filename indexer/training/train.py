@@ -341,8 +341,8 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
     if not keep.all():
         train_arrays = {k: v[keep] for k, v in train_arrays.items()}
         groups = groups[keep] if groups is not None else None
-        console.print(f"{'real speech only' if cfg.real_only else 'real speakers subset'}: "
-                      f"{int(keep.sum())} of {len(keep)} training clips")
+        what = "real speech only" if cfg.real_only else f"a {cfg.real_share:g} share of the real clips, by {cfg.real_share_by}"
+        console.print(f"{what}: {int(keep.sum())} of {len(keep)} training clips")
     val = load_val_sets(data, narrowband_8khz=cfg.narrowband_8khz)
     net_cfg = NetworkConfig(encoder=cfg.encoder, **cfg.network)
     net = FrameNetwork(net_cfg)
