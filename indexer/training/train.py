@@ -121,6 +121,7 @@ class TrainConfig:
     # Keep this share of the real-speech clips, TTS clips all kept: those of a seeded share of the
     # real speaker groups (real_share_by "speaker": a learning curve over speakers) or a seeded share
     # of the clips from every group ("clip": its control, at the same count of real clips). 1: all.
+    # Half the speakers at the same real clips cost 1.7 points of mean frame EER (MODEL_CARD).
     real_share: float = 1.0
     real_share_by: str = "speaker"
     network: dict = field(default_factory=dict)
