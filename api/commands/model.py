@@ -23,14 +23,16 @@ def _register_prepare_data(app: typer.Typer) -> None:
         shards: Annotated[int, typer.Option(help="Also build this many training examples into DATA_DIR/shards/train (0: none).")] = 0,
         val_shards: Annotated[int, typer.Option(help="With --shards: held-out-speaker validation examples (training and held-out catalogs).")] = 300,
         workers: Annotated[int, typer.Option(help="Processes for shard building: 1 = main only, 2 = main + one worker.")] = 1,
+        speech_dir: Annotated[Optional[list[Path]], typer.Option(help="A folder of your own clean recordings, one sub-folder per speaker, added to the training speech (repeatable; every speaker goes to training; rebuilt whenever given).")] = None,
     ) -> None:
-        """Fetch real speech and noise from Debian packages, synthesise TTS, write DATA_DIR/manifest.jsonl."""
+        """Fetch real speech and noise from Debian packages, add your own recordings, synthesise TTS, write DATA_DIR/manifest.jsonl."""
         from rich.console import Console
 
         from indexer.training.corpus import prepare_corpus
 
         console = Console(stderr=True)
-        summary = prepare_corpus(data_dir, n_tts=tts, seed=seed, real=real, noise=noise, log=console.print)
+        summary = prepare_corpus(data_dir, n_tts=tts, seed=seed, real=real, noise=noise, speech_dirs=speech_dir,
+                                 log=console.print)
         console.print(f"corpus: {summary['utterances']} utterances, {summary['hours']} h {summary['by_split_source']}; "
                       f"held-out real groups: {', '.join(summary['groups_heldout_real'])}; {summary['seconds']} s")
         if shards > 0:

@@ -6,6 +6,8 @@
 - ``speech/tts/``   16 kHz TTS utterances (espeak-ng voices/rates/pitches, flite voices, festival)
 - ``speech/real/``  16 kHz utterances of 3-8 s, concatenated per speaker/folder from the packages'
                     recordings (Asterisk prompts 8 kHz, klettres, ktuberling, hedgewars voices)
+- ``speech/user/``  the same from folders of the user's own clean recordings (``speech_dirs``,
+                    ``prepare-data --speech-dir``: one sub-folder per speaker, all for training)
 - ``noise/``        16 kHz ambience chunks (megaglest / lincity-ng) and hold music (asterisk-moh)
 - ``rirs.npz``      simulated room impulse responses (pyroomacoustics; train and held-out rooms)
 - ``manifest.jsonl`` one line per utterance: ``path`` (relative to data_dir), ``group`` (speaker or
@@ -330,14 +332,44 @@ def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]
     return groups
 
 
-def build_real_utterances(data_dir: Path, unpacked: dict[str, Path], seed: int = 0,
-                          min_s: float = 3.0, max_s: float = 8.0) -> list[Utterance]:
-    """Concatenate each group's trimmed recordings into 3-8 s utterances (16 kHz), with short pauses."""
+def user_speech_groups(dirs: list[Path]) -> dict[str, tuple[int, list[Path]]]:
+    """Map group id -> (nominal native rate, files) over folders of a user's own clean recordings:
+    each sub-folder is one speaker (``user:<folder>/<sub-folder>``), files directly inside a folder
+    one more; a group whose files are all at 8 kHz or less counts as narrowband."""
+    from indexer.training.benchmark import AUDIO_EXTS
+
+    groups: dict[str, tuple[int, list[Path]]] = {}
+    for d in dirs:
+        if not d.is_dir():
+            raise CorpusError(f"no folder at {d}", "point --speech-dir at a folder of recordings, one sub-folder per speaker")
+        for folder in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
+            files = sorted(f for f in (folder.rglob("*") if folder != d else folder.iterdir())
+                           if f.is_file() and f.suffix.lower() in AUDIO_EXTS)
+            if not files:
+                continue
+            rates = []
+            for f in files:
+                try:
+                    rates.append(sf.info(str(f)).samplerate)
+                except (RuntimeError, sf.LibsndfileError):
+                    rates.append(SR)  # formats soundfile cannot probe: read_mono decodes them with ffmpeg
+            name = d.name if folder == d else f"{d.name}/{folder.name}"
+            groups[f"user:{name}"] = (8000 if max(rates) <= 8000 else SR, files)
+    if not groups:
+        raise CorpusError(f"no audio files under {', '.join(map(str, dirs))}",
+                          f"give folders of {', '.join(AUDIO_EXTS)} files, one sub-folder per speaker")
+    return groups
+
+
+def build_real_utterances(data_dir: Path, groups: dict[str, tuple[int, list[Path]]], seed: int = 0,
+                          min_s: float = 3.0, max_s: float = 8.0, subdir: str = "real") -> list[Utterance]:
+    """Concatenate each group's trimmed recordings into 3-8 s utterances (16 kHz, under
+    ``speech/<subdir>``), with short pauses; ``groups`` as :func:`_real_groups` gives them."""
     rng = random.Random(seed)
-    out_dir = data_dir / "speech" / "real"
+    out_dir = data_dir / "speech" / subdir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Utterance] = []
-    for group, (nominal_rate, files) in sorted(_real_groups(unpacked).items()):
+    for group, (nominal_rate, files) in sorted(groups.items()):
         files = list(files)
         rng.shuffle(files)
         safe = group.replace(":", "_").replace("/", "_")
@@ -490,8 +522,11 @@ def load_noise_manifest(data_dir: str | Path) -> list[dict]:
 
 
 def prepare_corpus(data_dir: str | Path, *, n_tts: int = 2000, seed: int = 0, real: bool = True,
-                   noise: bool = True, log=print) -> dict:
-    """Build the whole corpus under ``data_dir`` (idempotent: finished steps are kept) and return counts."""
+                   noise: bool = True, speech_dirs: list[Path] | None = None, log=print) -> dict:
+    """Build the whole corpus under ``data_dir`` (idempotent: finished steps are kept) and return counts.
+
+    ``speech_dirs``: folders of the user's own clean recordings (one sub-folder per speaker,
+    :func:`user_speech_groups`), all for training; rebuilt from them whenever given."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -504,10 +539,17 @@ def prepare_corpus(data_dir: str | Path, *, n_tts: int = 2000, seed: int = 0, re
         if real_manifest.exists():
             rows += [Utterance(**json.loads(l)) for l in real_manifest.read_text().splitlines() if l.strip()]
         else:
-            real_rows = build_real_utterances(data_dir, unpacked, seed)
+            real_rows = build_real_utterances(data_dir, _real_groups(unpacked), seed)
             real_manifest.write_text("".join(json.dumps(asdict(u)) + "\n" for u in real_rows))
             rows += real_rows
         log(f"real speech: {sum(u.source == 'real' for u in rows)} utterances ({time.time() - t0:.0f} s)")
+    user_manifest = data_dir / "speech" / "user.jsonl"
+    if speech_dirs:
+        user_rows = build_real_utterances(data_dir, user_speech_groups([Path(d) for d in speech_dirs]), seed, subdir="user")
+        user_manifest.write_text("".join(json.dumps(asdict(u)) + "\n" for u in user_rows))
+        log(f"your speech: {len(user_rows)} utterances from {len({u.group for u in user_rows})} speakers ({time.time() - t0:.0f} s)")
+    if user_manifest.exists():
+        rows += [Utterance(**json.loads(l)) for l in user_manifest.read_text().splitlines() if l.strip()]
     if noise:
         unpacked_n = fetch_packages(data_dir / "raw", NOISE_PACKAGES)
         if (data_dir / "noise.jsonl").exists():
