@@ -441,17 +441,16 @@ def test_a_real_speaker_share_keeps_every_tts_clip_and_the_real_clips_of_a_seede
 
     real = np.array([True] * 8 + [False] * 4)
     groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])  # four real speakers, two TTS voices
-    names = ["r0", "r1", "r2", "r3", "t0", "t1"]
     cfg = replace(PRESETS["smoke"], real_share=0.5)
-    keep = training_clip_mask({"real": real}, groups, names, cfg)
+    keep = training_clip_mask({"real": real}, groups, cfg)
     assert keep[8:].all()  # every TTS clip
     assert len(set(groups[:8][keep[:8]])) == 2 and keep[:8].sum() == 4  # two whole speakers of four
-    assert np.array_equal(keep, training_clip_mask({"real": real}, groups, names, cfg))  # the same draw again
-    other = [training_clip_mask({"real": real}, groups, names, replace(cfg, seed=s)) for s in range(1, 6)]
+    assert np.array_equal(keep, training_clip_mask({"real": real}, groups, cfg))  # the same draw again
+    other = [training_clip_mask({"real": real}, groups, replace(cfg, seed=s)) for s in range(1, 6)]
     assert any(not np.array_equal(keep, k) for k in other)  # the seed picks the speakers
-    both = training_clip_mask({"real": real}, groups, names, replace(cfg, real_only=True))
+    both = training_clip_mask({"real": real}, groups, replace(cfg, real_only=True))
     assert not both[8:].any() and both[:8].sum() == 4
-    assert training_clip_mask({"real": real}, None, [], PRESETS["smoke"]).all()
+    assert training_clip_mask({"real": real}, None, PRESETS["smoke"]).all()
 
 
 def test_a_real_clip_share_keeps_that_many_real_clips_from_every_speaker():
@@ -462,11 +461,11 @@ def test_a_real_clip_share_keeps_that_many_real_clips_from_every_speaker():
     real = np.array([True] * 40 + [False] * 4)
     groups = np.repeat(np.arange(11), 4)
     cfg = replace(PRESETS["smoke"], real_share=0.5, real_share_by="clip")
-    keep = training_clip_mask({"real": real}, None, [], cfg)
+    keep = training_clip_mask({"real": real}, None, cfg)
     assert keep[40:].all() and keep[:40].sum() == 20
     assert len(set(groups[:40][keep[:40]])) > 5  # drawn across speakers, not whole speakers
     with pytest.raises(ConfigError, match="unknown real_share_by"):
-        training_clip_mask({"real": real}, None, [], replace(cfg, real_share_by="voice"))
+        training_clip_mask({"real": real}, None, replace(cfg, real_share_by="voice"))
 
 
 def test_train_command_trains_on_a_share_of_the_real_speakers_and_records_it(tmp_path):

@@ -298,12 +298,11 @@ def _frozen_caches(net: FrameNetwork, data: Path, train_arrays: dict[str, np.nda
     return caches
 
 
-def training_clip_mask(arrays: dict[str, np.ndarray], groups: np.ndarray | None, group_names: list[str],
-                       cfg: TrainConfig) -> np.ndarray:
+def training_clip_mask(arrays: dict[str, np.ndarray], groups: np.ndarray | None, cfg: TrainConfig) -> np.ndarray:
     """Which loaded training clips a run keeps: every one, the real ones only (``real_only``), or the
     TTS ones and a seeded ``real_share`` of the real ones: the real clips of that share of the real
-    speaker groups (``real_share_by`` "speaker"; ``groups``: each clip's index into
-    ``group_names``) or that share of the real clips themselves ("clip")."""
+    speaker groups (``real_share_by`` "speaker"; ``groups``: each clip's speaker-group index, as
+    :func:`load_speaker_groups` gives them) or that share of the real clips themselves ("clip")."""
     real = np.asarray(arrays["real"], dtype=bool)
     keep = real.copy() if cfg.real_only else np.ones(real.size, dtype=bool)
     if cfg.real_share < 1.0:
@@ -338,7 +337,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bo
                                         max_examples=cfg.train_examples)
     groups, group_names = (load_speaker_groups(data / "train", len(train_arrays["audio"]))
                            if cfg.speaker_adversarial > 0 or cfg.real_share < 1.0 else (None, []))
-    keep = training_clip_mask(train_arrays, groups, group_names, cfg)
+    keep = training_clip_mask(train_arrays, groups, cfg)
     if not keep.all():
         train_arrays = {k: v[keep] for k, v in train_arrays.items()}
         groups = groups[keep] if groups is not None else None
