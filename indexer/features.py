@@ -42,3 +42,11 @@ def log_mel(audio: torch.Tensor, n_mels: int = N_MELS, n_fft: int = N_FFT) -> to
     power = spec.real.square() + spec.imag.square()
     mel = torch.matmul(_mel_basis(n_mels, n_fft), power)
     return torch.log(mel + 1e-6)
+
+
+def frame_power_db(x: np.ndarray, n: int, hop: int) -> np.ndarray:
+    """Mean power in dB (floor -120 dB) of each of ``n`` frames of ``hop`` samples of ``x``,
+    zero-padded or cut at the end to ``n * hop`` samples."""
+    padded = np.zeros(n * hop, np.float64)
+    padded[: min(x.size, n * hop)] = x[: n * hop]
+    return 10.0 * np.log10(np.mean(padded.reshape(n, hop) ** 2, axis=1) + 1e-12)

@@ -523,9 +523,9 @@ def frame_levels_db(x: np.ndarray, n: int, hop: int) -> np.ndarray:
     """Each of ``n`` frames' mean power (``hop`` samples each) in dB against the file's loud speech:
     the 95th percentile of its frames' levels, or -70 dBFS where that is lower, so a file of
     near-silence reads as quiet rather than as its own reference."""
-    padded = np.zeros(n * hop, np.float32)
-    padded[: min(x.size, n * hop)] = x[: n * hop]
-    level = 10.0 * np.log10(np.mean(padded.reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-12)
+    from indexer.features import frame_power_db
+
+    level = frame_power_db(x, n, hop)
     return level - max(float(np.percentile(level, 95)), -70.0)
 
 

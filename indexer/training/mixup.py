@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.features import frame_power_db
+
 SR = 16000
 HOP = 320  # 20 ms at 16 kHz -> 50 frames/s
 FRAME_RATE = SR / HOP
@@ -79,7 +81,7 @@ def energy_vad(x: np.ndarray, threshold_db: float = -35.0) -> np.ndarray:
     n = n_frames(x.size)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    e = 10 * np.log10(np.mean(x[: n * HOP].reshape(n, HOP) ** 2, axis=1) + 1e-12)
+    e = frame_power_db(x, n, HOP)
     return e > e.max() + threshold_db
 
 
