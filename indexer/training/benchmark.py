@@ -33,21 +33,18 @@ import soundfile as sf
 
 from indexer.errors import ConfigError
 from indexer.training.catalog import Degradation, Resources, _resample
-from indexer.training.corpus import load_manifest, read_mono, trim_silence
+from indexer.training.corpus import AUDIO_EXTS, load_manifest, read_mono, speaker_folders, trim_silence
 from indexer.training.mixup import FRAME_RATE, sample_regions, speech_frames, splice
 from indexer.training.shards import load_catalog, telephone_channel
 
 SR = 16000
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a")
 
 
 def _clean_pool(data_dir: Path | None, clean_dir: Path | None, source: str) -> dict[str, list[Path]]:
     """speaker/group -> audio files."""
     pool: dict[str, list[Path]] = {}
     if clean_dir is not None:
-        files = sorted(p for p in Path(clean_dir).rglob("*") if p.suffix.lower() in AUDIO_EXTS)
-        for f in files:
-            pool.setdefault(str(f.parent.relative_to(clean_dir)) or ".", []).append(f)
+        pool = speaker_folders(Path(clean_dir))
         if not pool:
             raise ConfigError(f"no audio files under {clean_dir}", f"point --clean-dir at a folder of {', '.join(AUDIO_EXTS)} files")
         return pool

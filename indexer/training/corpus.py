@@ -332,28 +332,35 @@ def _real_groups(unpacked: dict[str, Path]) -> dict[str, tuple[int, list[Path]]]
     return groups
 
 
-def user_speech_groups(dirs: list[Path]) -> dict[str, tuple[int, list[Path]]]:
-    """Map group id -> (nominal native rate, files) over folders of a user's own clean recordings:
-    each sub-folder is one speaker (``user:<folder>/<sub-folder>``), files directly inside a folder
-    one more; a group whose files are all at 8 kHz or less counts as narrowband."""
-    from indexer.training.benchmark import AUDIO_EXTS
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a")
 
+
+def speaker_folders(root: Path) -> dict[str, list[Path]]:
+    """A folder of clean recordings as speakers: each folder under ``root`` that holds audio files
+    is one speaker, named by its path relative to ``root`` ("." for ``root`` itself); {} if none.
+    The layout ``make-benchmark --clean-dir`` and ``prepare-data --speech-dir`` both read."""
+    pool: dict[str, list[Path]] = {}
+    for f in sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS):
+        pool.setdefault(str(f.parent.relative_to(root)), []).append(f)
+    return pool
+
+
+def user_speech_groups(dirs: list[Path]) -> dict[str, tuple[int, list[Path]]]:
+    """Map group id -> (nominal native rate, files) over folders of a user's own clean recordings
+    (:func:`speaker_folders`: ``user:<folder>/<speaker folder>``, or ``user:<folder>`` for the files
+    directly inside it); a group whose files are all at 8 kHz or less counts as narrowband."""
     groups: dict[str, tuple[int, list[Path]]] = {}
     for d in dirs:
         if not d.is_dir():
             raise CorpusError(f"no folder at {d}", "point --speech-dir at a folder of recordings, one sub-folder per speaker")
-        for folder in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
-            files = sorted(f for f in (folder.rglob("*") if folder != d else folder.iterdir())
-                           if f.is_file() and f.suffix.lower() in AUDIO_EXTS)
-            if not files:
-                continue
+        for speaker, files in speaker_folders(d).items():
             rates = []
             for f in files:
                 try:
                     rates.append(sf.info(str(f)).samplerate)
                 except (RuntimeError, sf.LibsndfileError):
                     rates.append(SR)  # formats soundfile cannot probe: read_mono decodes them with ffmpeg
-            name = d.name if folder == d else f"{d.name}/{folder.name}"
+            name = d.name if speaker == "." else f"{d.name}/{speaker}"
             groups[f"user:{name}"] = (8000 if max(rates) <= 8000 else SR, files)
     if not groups:
         raise CorpusError(f"no audio files under {', '.join(map(str, dirs))}",
