@@ -19,7 +19,7 @@ from indexer.detect import DetectionParams
 
 # The models shipped inside the package (indexer/model/weights; MODEL_CARD.md), the default first,
 # and the one used when none is named (MODEL_CARD.md says why this one).
-SHIPPED_MODELS = ("balanced-4", "balanced-3", "balanced-2", "balanced", "fast", "telephone", "distilled", "telephone-3", "accurate")
+SHIPPED_MODELS = ("balanced-5", "balanced-4", "balanced-3", "balanced-2", "balanced", "fast", "telephone", "distilled", "telephone-3", "accurate")
 DEFAULT_MODEL = SHIPPED_MODELS[0]
 # How a --model option reads in help texts.
 MODEL_CHOICES = f"{', '.join(SHIPPED_MODELS)} or a checkpoint path"
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     )
 
     # --- model and detection ---------------------------------------------------------------
-    model: str = Field(DEFAULT_MODEL, description="'balanced-4' (distilled + telephone-distilled + telephone-3-long as one ensemble), 'balanced-3' (distilled + two seeds of telephone-distilled), 'balanced-2' (distilled + telephone), 'balanced' (fast + telephone), 'fast', 'telephone', 'distilled', 'telephone-3' (the telephone network taught by balanced-3), 'accurate', or a path to a checkpoint file.")
+    model: str = Field(DEFAULT_MODEL, description="'balanced-5' (balanced-4 with a type head that tells degradation types apart), 'balanced-4' (distilled + telephone-distilled + telephone-3-long as one ensemble), 'balanced-3' (distilled + two seeds of telephone-distilled), 'balanced-2' (distilled + telephone), 'balanced' (fast + telephone), 'fast', 'telephone', 'distilled', 'telephone-3' (the telephone network taught by balanced-3), 'accurate', or a path to a checkpoint file.")
     threshold: float | None = Field(None, description="Detection threshold on 1 - cosine; default: the model's calibrated one.")
     clean_quantile: float = Field(
         0.98, gt=0.5, lt=1.0,

@@ -254,7 +254,8 @@ def test_an_ensemble_runs_each_members_own_log_mel_front_end():
 
 
 # (ensemble, its preset's members that ship on their own): the taught networks ship only inside them.
-@pytest.mark.parametrize("name, shipped", [("balanced-4", ["distilled"]), ("balanced-3", ["distilled"]), ("balanced-2", ["distilled", "telephone"]),
+@pytest.mark.parametrize("name, shipped", [("balanced-5", ["distilled"]), ("balanced-4", ["distilled"]), ("balanced-3", ["distilled"]),
+                                           ("balanced-2", ["distilled", "telephone"]),
                                            ("balanced", ["fast", "telephone"])])
 def test_a_shipped_ensemble_is_its_presets_member_networks_together(network_off, name, shipped):
     ensemble, parts = load_model(name), [load_model(m) for m in shipped]
@@ -268,9 +269,12 @@ def test_a_shipped_ensemble_is_its_presets_member_networks_together(network_off,
     assert set(ensemble.enrollments) == {"wideband", "narrowband"} and 0 < ensemble.threshold < 2
     x = voice(0.5)
     out, dim = ensemble.embed(x).embeddings, parts[0].dim
-    assert out.shape[1] == dim * len(members)
+    weight = PRESETS[name].type_head  # a type head's directions follow the members' blocks
+    assert ensemble.meta["recipe"].get("type_head", {}).get("weight", 0.0) == weight
+    assert out.shape[1] == dim * len(members) + (ensemble.meta["recipe"]["type_head"]["directions"] if weight else 0)
+    scale = math.sqrt(len(members) * (1 + weight ** 2))
     for i, part in enumerate(parts):  # each member's block is its own embedding, scaled to keep the whole unit length
-        assert np.allclose(out[:, i * dim : (i + 1) * dim], part.embed(x).embeddings / math.sqrt(len(members)), atol=1e-5)
+        assert np.allclose(out[:, i * dim : (i + 1) * dim], part.embed(x).embeddings / scale, atol=1e-5)
 
 
 def test_the_default_model_is_a_shipped_model_and_the_default_preset_its_recipe():

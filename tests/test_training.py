@@ -355,7 +355,7 @@ def test_an_ensemble_recipe_with_a_distilled_member_builds_its_teacher_first_and
     assert summary["members"] == [file_model_id(member_path(out, "tiny_student")), file_model_id(member_path(out, "tiny_long"))]
 
 
-def test_combine_refuses_an_ensemble_as_a_member_and_an_ensemble_recipe_takes_no_recipe_flags(shard_root, tmp_path):
+def test_combine_takes_an_ensemble_as_its_networks_and_an_ensemble_recipe_takes_no_recipe_flags(shard_root, tmp_path):
     from typer.testing import CliRunner
 
     from api.cli import app
@@ -364,13 +364,55 @@ def test_combine_refuses_an_ensemble_as_a_member_and_an_ensemble_recipe_takes_no
         build_untrained_checkpoint(tmp_path / f"m{seed}.pt", seed=seed)
     pair = combine([tmp_path / "m0.pt", tmp_path / "m1.pt"], shard_root, tmp_path / "pair.pt")
     assert read_checkpoint(tmp_path / "pair.pt")["meta"]["recipe"]["ensemble_of"][1]["model_id"] == pair["members"][1]
-    with pytest.raises(ModelError, match="already an ensemble"):
-        combine([tmp_path / "pair.pt", tmp_path / "m0.pt"], shard_root, tmp_path / "triple.pt")
+    triple_summary = combine([tmp_path / "pair.pt", tmp_path / "m0.pt"], shard_root, tmp_path / "triple.pt")
+    assert triple_summary["members"] == [*pair["members"], pair["members"][0]]  # the recipe lists networks, not files
+    triple, m0 = load_model(str(tmp_path / "triple.pt")), load_model(str(tmp_path / "m0.pt"))
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    assert triple.dim == 3 * m0.dim  # pair's two networks and m0
+    np.testing.assert_allclose(triple.embed(x).embeddings[:, :m0.dim] * np.sqrt(3), m0.embed(x).embeddings, atol=1e-5)
     with pytest.raises(ModelError, match="at least two"):
         combine([tmp_path / "m0.pt"], shard_root, tmp_path / "single.pt")
     refused = CliRunner().invoke(app, ["train", "--preset", "default", "--data", str(shard_root), "--out", str(tmp_path / "d.pt"),
                                        "--max-steps", "5"])
     assert isinstance(refused.exception, ConfigError) and "takes no max_steps" in str(refused.exception)
+
+
+def test_a_type_head_is_fitted_on_the_training_frames_appended_to_the_embedding_and_saved(shard_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from api.cli import app
+    from indexer.training.type_head import hidden_frames
+
+    for seed in (0, 1):
+        build_untrained_checkpoint(tmp_path / f"m{seed}.pt", seed=seed)
+    result = CliRunner().invoke(app, ["combine", str(tmp_path / "typed.pt"), str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"),
+                                      "--data", str(shard_root), "--type-head", "0.7"])
+    assert result.exit_code == 0, result.output
+    typed = load_model(str(tmp_path / "typed.pt"))
+    combine([tmp_path / "m0.pt", tmp_path / "m1.pt"], shard_root, tmp_path / "plain.pt")
+    plain = load_model(str(tmp_path / "plain.pt"))
+    arrays, classes = load_shards(shard_root / "train")
+    present = np.unique(arrays["frame_labels"]).size
+    recipe = typed.meta["recipe"]["type_head"]
+    assert recipe["weight"] == 0.7 and recipe["directions"] == present - 1 and recipe["examples"] == len(arrays["audio"])
+    assert typed.dim == plain.dim + present - 1
+    x = arrays["audio"][0]
+    emb, base = typed.embed(x).embeddings, plain.embed(x).embeddings
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # the members' part is the plain ensemble's embedding, scaled so the whole stays unit length
+    np.testing.assert_allclose(emb[:, :plain.dim] * np.sqrt(1 + 0.7 ** 2), base, atol=1e-5)
+    assert np.allclose(np.linalg.norm(emb[:, plain.dim:], axis=1) * np.sqrt(1 + 0.7 ** 2), 0.7, atol=1e-5)
+    # the head is the LDA of every 4th training frame's hidden features (both members') by class
+    net = network_from_checkpoint(read_checkpoint(tmp_path / "typed.pt"))
+    features, labels = hidden_frames(net, arrays["audio"], arrays["frame_labels"])
+    assert features.shape == (arrays["frame_labels"].size // 4, 2 * net.members[0].cfg.hidden) and labels.size == len(features)
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(features, labels)
+    np.testing.assert_allclose(net.type_head.weight.detach().numpy(), lda.scalings_[:, :present - 1].T, rtol=1e-3, atol=1e-5)
+    assert set(typed.enrollments) == {"wideband", "narrowband"}
+    with pytest.raises(ConfigError, match="negative"):
+        combine([tmp_path / "m0.pt", tmp_path / "m1.pt"], shard_root, tmp_path / "bad.pt", type_head=-1.0)
 
 
 def test_train_distils_a_teacher_model_into_the_student_and_records_the_term(shard_root, tmp_path):

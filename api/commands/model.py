@@ -118,7 +118,7 @@ def _register_make_benchmark(app: typer.Typer) -> None:
 def _register_train(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced-4: trains balanced-3, then telephone-3-long taught by it, and joins balanced-3's distilled and first telephone-distilled with it, ~535 min), balanced-3 (trains balanced-2, then two seeds of telephone-distilled taught by it, and joins distilled with them, ~435 min), balanced-2 (trains fast and telephone, joins them as balanced, trains distilled taught by it, then joins distilled and telephone, ~215 min), balanced (fast + telephone, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), distilled (fast on telephone's data, also trained to reproduce balanced's cosines, ~75 min), telephone-distilled (telephone's recipe, also trained to reproduce balanced-2's cosines, ~120 min), telephone-3 (telephone's recipe taught by the installed balanced-3, seed 2: the shipped telephone-3, ~100 min), telephone-3-long (telephone-3 with a sixth temporal block, ~2.5 s of context, ~100 min), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
+        preset: Annotated[str, typer.Option(help="Recipe: default (= balanced-5: balanced-4 with a type head fitted on the training clips, ~540 min), balanced-4 (trains balanced-3, then telephone-3-long taught by it, and joins balanced-3's distilled and first telephone-distilled with it, ~535 min), balanced-3 (trains balanced-2, then two seeds of telephone-distilled taught by it, and joins distilled with them, ~435 min), balanced-2 (trains fast and telephone, joins them as balanced, trains distilled taught by it, then joins distilled and telephone, ~215 min), balanced (fast + telephone, ~140 min), fast (log-mel CNN), telephone (fast, narrowband clips and 30 % of wideband ones band-limited to 4 kHz as 8 kHz files are, 18,000 examples, ~1.3 s of context), distilled (fast on telephone's data, also trained to reproduce balanced's cosines, ~75 min), telephone-distilled (telephone's recipe, also trained to reproduce balanced-2's cosines, ~120 min), telephone-3 (telephone's recipe taught by the installed balanced-3, seed 2: the shipped telephone-3, ~100 min), telephone-3-long (telephone-3 with a sixth temporal block, ~2.5 s of context, ~100 min), accurate (frozen distillmos front end + the same head), smoke.")] = "default",
         data: Annotated[Path, typer.Option(help="Shard root with train/, val_real/ and val_heldout_catalog/ (e.g. data/shards).")] = Path("data/shards"),
         out: Annotated[Path, typer.Option(help="Checkpoint to write (also OUT.best.pt, OUT.state.pt for --resume, OUT.json).")] = Path("models/fast.pt"),
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state.pt (same preset).")] = False,
@@ -210,15 +210,18 @@ def _register_combine(app: typer.Typer) -> None:
     @app.command()
     def combine(
         out: Annotated[Path, typer.Argument(help="Ensemble checkpoint to write (a summary goes beside it as .json).")],
-        members: Annotated[list[str], typer.Argument(help="Two or more trained models: shipped names (fast, telephone) or checkpoint files.")],
+        members: Annotated[list[str], typer.Argument(help="Trained models, two or more networks in all: shipped names (fast, telephone, balanced-4: its networks) or checkpoint files.")],
         data: Annotated[Path, typer.Option(help="Shards directory: its training clips give the clean enrollments, its validation sets the threshold.")] = Path("data/train/shards"),
+        type_head: Annotated[float, typer.Option(help="Weight of a type head fitted on the training clips (LDA of the members' hidden features), appended to the embedding; 0: none. balanced-5 is balanced-4 with 0.7.")] = 0.0,
     ) -> None:
-        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-4' model is distilled + telephone-distilled + telephone-3-long)."""
+        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-5' model is distilled + telephone-distilled + telephone-3-long with a type head of weight 0.7).
+
+        An ensemble given as a member stands for its networks: `degsearch combine balanced-5.pt balanced-4 --type-head 0.7`."""
         from rich.console import Console
 
         from indexer.training.combine import combine as combine_models
 
-        summary = combine_models(members, data, out)
+        summary = combine_models(members, data, out, type_head=type_head)
         Console(stderr=True).print(
             f"wrote {summary['path']} (model id {summary['model_id']}), an ensemble of {', '.join(summary['members'])}; "
             f"threshold {summary['threshold']:.3f}; held-out real validation frame EER "

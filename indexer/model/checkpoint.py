@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` dict: ``format``, ``config`` (:class:`Network
 ``state_dict`` and ``meta`` (name, frame rate, dimension, calibrated threshold, the wideband and
 narrowband clean enrollments, class names, training recipe and validation figures). An ensemble
 (:class:`EnsembleNetwork`) has ``members``, a list of ``config`` + ``state_dict`` dicts, in place of
-the two and its own ``meta``. The model id is the first 16 hex digits of the file's SHA-256, so
+the two and its own ``meta``, and may have ``type_head`` (``weight``, ``bias``, ``type_weight``). The model id is the first 16 hex digits of the file's SHA-256, so
 any retrained file gets a new id.
 """
 
@@ -46,8 +46,13 @@ def save_checkpoint(path: str | Path, network: FrameNetwork | EnsembleNetwork, m
     meta = {"frame_rate": FRAME_RATE, "dim": network.dim, **meta}
     meta["enrollments"] = {k: np.asarray(v, dtype=np.float32).tolist() for k, v in meta.get("enrollments", {}).items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    body = ({"format": ENSEMBLE_FORMAT, "members": [_weights(m) for m in network.members]}
-            if isinstance(network, EnsembleNetwork) else {"format": FORMAT, **_weights(network)})
+    if isinstance(network, EnsembleNetwork):
+        body: dict[str, Any] = {"format": ENSEMBLE_FORMAT, "members": [_weights(m) for m in network.members]}
+        if network.type_head is not None:
+            body["type_head"] = {"weight": network.type_head.weight.detach().clone(), "bias": network.type_head.bias.detach().clone(),
+                                 "type_weight": network.type_weight}
+    else:
+        body = {"format": FORMAT, **_weights(network)}
     torch.save({**body, "meta": meta}, tmp)
     os.replace(tmp, path)
     return file_model_id(path)
@@ -70,7 +75,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def network_from_checkpoint(ckpt: dict[str, Any]) -> FrameNetwork | EnsembleNetwork:
     """Rebuild the network of a checkpoint (pretrained encoders are not re-read: the state dict has them)."""
     if ckpt["format"] == ENSEMBLE_FORMAT:
-        return EnsembleNetwork([_network(m) for m in ckpt["members"]]).eval()
+        head, weight = None, 0.0
+        if "type_head" in ckpt:
+            w = ckpt["type_head"]["weight"]
+            head = torch.nn.Linear(w.shape[1], w.shape[0])
+            head.load_state_dict({"weight": w, "bias": ckpt["type_head"]["bias"]})
+            weight = float(ckpt["type_head"]["type_weight"])
+        return EnsembleNetwork([_network(m) for m in ckpt["members"]], head, weight).eval()
     return _network(ckpt)
 
 

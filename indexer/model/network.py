@@ -189,8 +189,9 @@ class FrameNetwork(nn.Module):
     def forward(self, audio: torch.Tensor, feats: torch.Tensor | None = None, *, project: bool = True) -> dict[str, torch.Tensor]:
         """(B, N) waveform (or precomputed log-mel ``feats`` for the fast encoder) -> per-frame outputs.
 
-        Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5 and, with ``project``
-        (training: only the loss uses it), ``proj`` (B, T, P) L2-normalised; T = ceil(N / 320).
+        Returns ``emb`` (B, T, D) L2-normalised, ``mos`` (B, T) in 1..5, ``hidden`` (B, T, H), the
+        temporal head's output that both heads read (an ensemble's type head reads it too) and, with
+        ``project`` (training: only the loss uses it), ``proj`` (B, T, P) L2-normalised; T = ceil(N / 320).
         """
         return self.decode(self.encode(audio, feats), n_frames(audio.shape[-1]), project=project)
 
@@ -204,7 +205,7 @@ class FrameNetwork(nn.Module):
         h = self.temporal(self.inp(fit_length(h, t)))
         emb = F.normalize(self.emb_head(h), dim=1)
         mos = 1.0 + 4.0 * torch.sigmoid(self.mos_head(h).squeeze(1))
-        out = {"emb": emb.transpose(1, 2), "mos": mos}
+        out = {"emb": emb.transpose(1, 2), "mos": mos, "hidden": h.transpose(1, 2)}
         if project:
             out["proj"] = F.normalize(self.proj_head(emb), dim=1).transpose(1, 2)
         return out
