@@ -388,7 +388,7 @@ def test_a_type_head_is_fitted_on_the_training_frames_appended_to_the_embedding_
     for seed in (0, 1):
         build_untrained_checkpoint(tmp_path / f"m{seed}.pt", seed=seed)
     result = CliRunner().invoke(app, ["combine", str(tmp_path / "typed.pt"), str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"),
-                                      "--data", str(shard_root), "--type-head", "0.7"])
+                                      "--data", str(shard_root), "--type-head", "1.0"])
     assert result.exit_code == 0, result.output
     typed = load_model(str(tmp_path / "typed.pt"))
     combine([tmp_path / "m0.pt", tmp_path / "m1.pt"], shard_root, tmp_path / "plain.pt")
@@ -396,19 +396,19 @@ def test_a_type_head_is_fitted_on_the_training_frames_appended_to_the_embedding_
     arrays, classes = load_shards(shard_root / "train")
     present = np.unique(arrays["frame_labels"]).size
     recipe = typed.meta["recipe"]["type_head"]
-    assert recipe["weight"] == 0.7 and recipe["directions"] == present - 1 and recipe["examples"] == len(arrays["audio"])
+    assert recipe["weight"] == 1.0 and recipe["directions"] == present - 1 and recipe["examples"] == len(arrays["audio"])
     assert typed.dim == plain.dim + present - 1
     x = arrays["audio"][0]
     emb, base = typed.embed(x).embeddings, plain.embed(x).embeddings
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     # the members' part is the plain ensemble's embedding, scaled so the whole stays unit length
-    np.testing.assert_allclose(emb[:, :plain.dim] * np.sqrt(1 + 0.7 ** 2), base, atol=1e-5)
-    assert np.allclose(np.linalg.norm(emb[:, plain.dim:], axis=1) * np.sqrt(1 + 0.7 ** 2), 0.7, atol=1e-5)
-    # the head is the LDA of every 4th training frame's hidden features (both members') by class
+    np.testing.assert_allclose(emb[:, :plain.dim] * np.sqrt(2), base, atol=1e-5)
+    assert np.allclose(np.linalg.norm(emb[:, plain.dim:], axis=1) * np.sqrt(2), 1.0, atol=1e-5)
+    # the head is the LDA of every 4th training frame's hidden features (both members') and their squares, by class
     net = network_from_checkpoint(read_checkpoint(tmp_path / "typed.pt"))
-    features, labels = hidden_frames(net, arrays["audio"], arrays["frame_labels"])
-    assert features.shape == (arrays["frame_labels"].size // 4, 2 * net.members[0].cfg.hidden) and labels.size == len(features)
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(features, labels)
+    hidden, labels = hidden_frames(net, arrays["audio"], arrays["frame_labels"])
+    assert hidden.shape == (arrays["frame_labels"].size // 4, 2 * net.members[0].cfg.hidden) and labels.size == len(hidden)
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(np.hstack([hidden, hidden ** 2]), labels)
     np.testing.assert_allclose(net.type_head.weight.detach().numpy(), lda.scalings_[:, :present - 1].T, rtol=1e-3, atol=1e-5)
     assert set(typed.enrollments) == {"wideband", "narrowband"}
     with pytest.raises(ConfigError, match="negative"):

@@ -212,11 +212,11 @@ def _register_combine(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Argument(help="Ensemble checkpoint to write (a summary goes beside it as .json).")],
         members: Annotated[list[str], typer.Argument(help="Trained models, two or more networks in all: shipped names (fast, telephone, balanced-4: its networks) or checkpoint files.")],
         data: Annotated[Path, typer.Option(help="Shards directory: its training clips give the clean enrollments, its validation sets the threshold.")] = Path("data/train/shards"),
-        type_head: Annotated[float, typer.Option(help="Weight of a type head fitted on the training clips (LDA of the members' hidden features), appended to the embedding; 0: none. balanced-5 is balanced-4 with 0.7.")] = 0.0,
+        type_head: Annotated[float, typer.Option(help="Weight of a type head fitted on the training clips (LDA of the members' hidden features and their squares), appended to the embedding; 0: none. balanced-5 is balanced-4 with 1.")] = 0.0,
     ) -> None:
-        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-5' model is distilled + telephone-distilled + telephone-3-long with a type head of weight 0.7).
+        """Join trained frame models into one calibrated ensemble (the shipped 'balanced-5' model is distilled + telephone-distilled + telephone-3-long with a type head of weight 1).
 
-        An ensemble given as a member stands for its networks: `degsearch combine balanced-5.pt balanced-4 --type-head 0.7`."""
+        An ensemble given as a member stands for its networks: `degsearch combine balanced-5.pt balanced-4 --type-head 1`."""
         from rich.console import Console
 
         from indexer.training.combine import combine as combine_models

@@ -8,11 +8,12 @@ Networks trained apart make different errors: on the held-out real-speaker bench
 wideband ones and nearly the ``telephone`` network's on the telephone ones (MODEL_CARD.md).
 
 An ensemble may also carry a **type head** (``balanced-5``): one linear map from the members'
-hidden features (concatenated) to a few directions that tell degradation types apart, fitted in
-closed form on the training clips (:mod:`indexer.training.type_head`). Its L2-normalised output,
-scaled by ``type_weight``, is appended to the members' embeddings and the whole renormalised: the
-members' 64-d heads keep less of what separates the types than their hidden features do, and the
-appended part brings it back to the indexed embedding (MODEL_CARD.md).
+hidden features (concatenated) and their squares (:func:`type_features`) to a few directions that
+tell the frames' classes apart, fitted in closed form on the training clips
+(:mod:`indexer.training.type_head`). Its L2-normalised output, scaled by ``type_weight``, is
+appended to the members' embeddings and the whole renormalised: the members' 64-d heads keep less
+of what separates the classes than their hidden features do, and the appended part brings it back
+to the indexed embedding, for detection as well as for the degradation types (MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class EnsembleNetwork(nn.Module):
                              "pass two or more checkpoints")
         self.members = nn.ModuleList(members)
         hidden = sum(m.cfg.hidden for m in members)
-        if type_head is not None and type_head.in_features != hidden:
-            raise ModelError(f"the type head reads {type_head.in_features} hidden features but the members give {hidden}",
+        if type_head is not None and type_head.in_features != 2 * hidden:
+            raise ModelError(f"the type head reads {type_head.in_features} features but the members give {2 * hidden} "
+                             f"({hidden} hidden features and their squares)",
                              "fit the type head on these members (degsearch combine --type-head)")
         self.type_head = type_head
         self.type_weight = float(type_weight) if type_head is not None else 0.0
@@ -62,9 +64,16 @@ class EnsembleNetwork(nn.Module):
         emb = torch.cat([o["emb"] for o in outs], dim=-1) / math.sqrt(len(outs))
         hidden = torch.cat([o["hidden"] for o in outs], dim=-1)
         if self.type_head is not None:
-            types = nn.functional.normalize(self.type_head(hidden), dim=-1)
+            types = nn.functional.normalize(self.type_head(type_features(hidden)), dim=-1)
             emb = torch.cat([emb, self.type_weight * types], dim=-1) / math.sqrt(1.0 + self.type_weight ** 2)
         return {"emb": emb, "mos": torch.stack([o["mos"] for o in outs]).mean(0), "hidden": hidden}
+
+
+def type_features(hidden: torch.Tensor) -> torch.Tensor:
+    """What a type head reads: the hidden features and their squares, (..., H) -> (..., 2H). The
+    squares let the linear head weigh how strongly a feature fires, not only its mean: on the
+    benchmarks they took mean frame EER from 12.26 to 11.64 % (MODEL_CARD.md)."""
+    return torch.cat([hidden, hidden.square()], dim=-1)
 
 
 def fold_ensemble(net: EnsembleNetwork) -> EnsembleNetwork:

@@ -9,7 +9,7 @@ file reaches the model: the ensemble serves archives of calls as well as wideban
 With ``type_head`` > 0 the ensemble also gets a type head (:mod:`indexer.training.type_head`),
 fitted on the training clips as they are stored, before the calibration. An ensemble given as a
 member stands for its member networks (its own type head is left out), so a type head can be added
-to a shipped ensemble: ``degsearch combine balanced-5.pt balanced-4 --type-head 0.7``.
+to a shipped ensemble: ``degsearch combine balanced-5.pt balanced-4 --type-head 1``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def combine(members: list[str | Path], data_dir: str | Path, out: str | Path, *,
     shards under ``data_dir``; returns the summary also written to ``out``.json."""
     data, out = Path(data_dir), Path(out)
     if type_head < 0:
-        raise ConfigError(f"type head weight {type_head} is negative", "use 0 (none) or a weight such as 0.7")
+        raise ConfigError(f"type head weight {type_head} is negative", "use 0 (none) or a weight such as 1")
     paths = [model_path(m) for m in members]
     checkpoints = [read_checkpoint(p) for p in paths]
     nets: list[FrameNetwork] = []
