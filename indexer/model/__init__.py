@@ -1,8 +1,8 @@
 """The frame-level quality model: waveform -> frame embeddings + frame MOS (paper 003).
 
-``load_model('balanced-5')`` (the default) loads ``balanced-4`` with a type head: a linear map of its
-networks' hidden features, fitted on the training clips, appended to the embedding so that it tells
-degradation types apart better. ``'balanced-4'`` is the shipped ``distilled`` network, the
+``load_model('balanced-5')`` (the default) loads ``balanced-4`` with a type head: a linear map of
+its networks' hidden features and their squares, fitted on the training clips and appended to the
+embedding, which then detects and tells degradation types apart better. ``'balanced-4'`` is the shipped ``distilled`` network, the
 ``telephone-distilled`` network and the ``telephone-3-long`` network (~2.5 s of context) run as one
 ensemble, ``'balanced-3'`` ``distilled`` and two seeds of ``telephone-distilled`` as one (the default
 before it), ``'balanced-2'`` the ``distilled`` and ``telephone`` networks as one, ``'balanced'`` the

@@ -17,11 +17,11 @@ import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from indexer.errors import ConfigError
+from indexer.model import MARGIN_FRAMES
 from indexer.model.ensemble import EnsembleNetwork, fold_ensemble, type_features
 from indexer.model.network import FRAME_HOP
 
 FRAME_STRIDE = 4  # every 4th frame: neighbours overlap in context, and 6,000 clips then give 300,000 frames
-_MARGIN = 50  # frames of zeros each side, as FrameModel.embed pads a short signal
 _BATCH = 16
 
 
@@ -31,7 +31,7 @@ def hidden_frames(net: EnsembleNetwork, audio: np.ndarray, frame_labels: np.ndar
     starts at frame ``i % stride``, so every offset is used), as :meth:`FrameModel.embed` computes them.
     The features are float32; a type head reads them through :func:`type_features`."""
     inference = fold_ensemble(net)
-    pad = _MARGIN * FRAME_HOP
+    pad = MARGIN_FRAMES * FRAME_HOP
     rows, labels = [], []
     with torch.inference_mode():
         for a in range(0, len(audio), _BATCH):
@@ -40,7 +40,7 @@ def hidden_frames(net: EnsembleNetwork, audio: np.ndarray, frame_labels: np.ndar
             for j in range(len(batch)):
                 i = a + j
                 lab = frame_labels[i]
-                h = hidden[j, _MARGIN:_MARGIN + len(lab)]
+                h = hidden[j, MARGIN_FRAMES:MARGIN_FRAMES + len(lab)]
                 rows.append(h[i % stride::stride])
                 labels.append(lab[: len(h)][i % stride::stride])
     return np.concatenate(rows), np.concatenate(labels)
